@@ -1,0 +1,41 @@
+"""The ``merge-bench`` command: a thin argparse layer over library functions.
+
+Each subcommand lives in ``merge_bench/commands/<name>.py`` and exposes ``register(subparsers)``,
+which adds its parser and sets ``func`` to a handler taking the parsed args and returning an exit
+code. Library errors (ValueError, FileNotFoundError) become one clear line on stderr and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = ("merge", "methods", "tasks", "data", "run", "leaderboard", "submit", "check")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="merge-bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"merge_bench.commands.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"merge_bench.commands.{name}":
+                continue  # a subcommand not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"merge-bench {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""``merge-bench methods``: list the registered merge methods with their parameters."""
+from __future__ import annotations
+
+from tabulate import tabulate
+
+from ..methods import available_methods
+
+
+def method_rows() -> list[list[str]]:
+    rows = []
+    for name, cls in sorted(available_methods().items()):
+        params = ", ".join(f"{p.name}={p.default!r}" + (f" {list(p.choices)}" if p.choices else "") for p in cls.params)
+        rows.append([name, "factor" if cls.lowrank else "dense", params or "-", cls.description])
+    return rows
+
+
+def run(args) -> int:
+    print(tabulate(method_rows(), headers=["method", "space", "parameters (defaults)", "description"]))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("methods", help="list merge methods, their parameters and defaults")
+    p.set_defaults(func=run)

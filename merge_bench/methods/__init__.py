@@ -1,0 +1,62 @@
+"""The method registry: built-in methods, installed plugins and plugin files, by name.
+
+Third-party methods plug in through the entry-point group ``merge_bench.methods`` (the entry point
+names a ``MergeMethod`` subclass) or as ``path/to/file.py:ClassName``.
+"""
+from __future__ import annotations
+
+import importlib.util
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from .base import MergeMethod, ModuleStream, Param
+from .simple_avg import SimpleAvg
+from .task_arithmetic import TaskArithmetic
+
+BUILTIN: tuple[type[MergeMethod], ...] = (SimpleAvg, TaskArithmetic)
+
+__all__ = ["MergeMethod", "ModuleStream", "Param", "available_methods", "get_method", "BUILTIN"]
+
+
+def _check(cls: object, origin: str) -> type[MergeMethod]:
+    if not (isinstance(cls, type) and issubclass(cls, MergeMethod)):
+        raise ValueError(f"{origin}: expected a subclass of merge_bench.methods.MergeMethod, got {cls!r}")
+    for attr in ("name", "description"):
+        if not isinstance(getattr(cls, attr, None), str):
+            raise ValueError(f"{origin}: method class {cls.__name__} must set a string {attr!r}")
+    return cls
+
+
+def available_methods() -> dict[str, type[MergeMethod]]:
+    """Built-in methods, then those of installed packages (entry points), by name."""
+    methods = {cls.name: cls for cls in BUILTIN}
+    for ep in entry_points(group="merge_bench.methods"):
+        cls = _check(ep.load(), f"entry point {ep.name!r} ({ep.value})")
+        methods.setdefault(cls.name, cls)
+    return methods
+
+
+def load_method_file(spec: str) -> type[MergeMethod]:
+    """Load ``path/to/file.py:ClassName``."""
+    path_text, _, attr = spec.rpartition(":")
+    path = Path(path_text)
+    if not path.is_file():
+        raise ValueError(f"method file {path} does not exist (from {spec!r}; expected path/to/file.py:ClassName)")
+    module_spec = importlib.util.spec_from_file_location(f"merge_bench_plugin_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
+    module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+    if not hasattr(module, attr):
+        raise ValueError(f"method file {path} has no attribute {attr!r}")
+    return _check(getattr(module, attr), spec)
+
+
+def get_method(name: str) -> type[MergeMethod]:
+    """A method class by registered name, or from a ``file.py:ClassName`` spec."""
+    if name.endswith(".py") or ".py:" in name:
+        if ":" not in name.rsplit(".py", 1)[-1] and not name.rsplit(".py", 1)[-1].startswith(":"):
+            raise ValueError(f"method file spec {name!r} must name a class: path/to/file.py:ClassName")
+        return load_method_file(name)
+    methods = available_methods()
+    if name not in methods:
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(sorted(methods))}")
+    return methods[name]

@@ -1,0 +1,97 @@
+"""The interface every merge method implements, built-in or submitted.
+
+A method sees the task vectors of one weight matrix at a time: ``merge(deltas, key)`` gets one
+``Delta`` per task (a ``LowRank`` or a dense tensor; a task that does not target the matrix gives a
+zero of the same kind) and returns the merged delta Δ*. Methods that need statistics over all
+matrices (TIES global trim, MetaGPT norms, KnOTS thresholds) compute them in ``prepare``, which
+gets a re-iterable stream of every matrix's task vectors. Methods hold no state between merges
+beyond what ``prepare`` stored on the instance.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterator
+
+from ..delta import Delta
+
+# Calling it yields (key, per-task deltas) for every targeted matrix, in a fixed order; it can be
+# called again for a second pass.
+ModuleStream = Callable[[], Iterator[tuple[str, list[Delta]]]]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyperparameter: its type is that of the default."""
+
+    name: str
+    default: Any
+    help: str
+    choices: tuple | None = None
+
+    def parse(self, text: str) -> Any:
+        """Parse a ``--param`` value given as text."""
+        kind = type(self.default)
+        try:
+            if kind is bool:
+                low = text.strip().lower()
+                if low not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                value: Any = low in ("true", "1", "yes")
+            else:
+                value = kind(text)
+        except ValueError:
+            raise ValueError(f"parameter {self.name!r}: cannot read {text!r} as {kind.__name__}") from None
+        return self.check(value)
+
+    def check(self, value: Any) -> Any:
+        if isinstance(self.default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not type(self.default):
+            raise ValueError(
+                f"parameter {self.name!r}: expected {type(self.default).__name__}, got {value!r}"
+            )
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"parameter {self.name!r}: {value!r} is not one of {list(self.choices)}")
+        return value
+
+
+class MergeMethod:
+    """Base class. Subclasses set the class attributes and implement ``merge``.
+
+    ``lowrank`` says that, given LoRA inputs, ``merge`` returns a ``LowRank`` computed exactly in
+    factor space (so the result can be written as a PEFT adapter). Such methods must also accept
+    dense inputs and compute the same maths densely.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    params: ClassVar[tuple[Param, ...]] = ()
+    lowrank: ClassVar[bool] = False
+
+    def __init__(self, **values: Any) -> None:
+        known = {p.name: p for p in self.params}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(
+                f"method {self.name!r} has no parameter {', '.join(map(repr, unknown))}; "
+                f"its parameters are {sorted(known) or 'none'}"
+            )
+        self.config: dict[str, Any] = {p.name: p.default for p in self.params}
+        for key, value in values.items():
+            self.config[key] = known[key].parse(value) if isinstance(value, str) else known[key].check(value)
+        self.validate()
+
+    def __getattr__(self, item: str) -> Any:
+        config = self.__dict__.get("config", {})
+        if item in config:
+            return config[item]
+        raise AttributeError(item)
+
+    def validate(self) -> None:
+        """Check parameter ranges; raise ValueError with a clear message."""
+
+    def prepare(self, modules: ModuleStream) -> None:
+        """Optional global pass over all matrices before any ``merge`` call."""
+
+    def merge(self, deltas: list[Delta], key: str) -> Delta:
+        raise NotImplementedError
