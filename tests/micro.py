@@ -79,3 +79,35 @@ def build_random_lora(base_dir: Path, out: Path, seed: int, r: int = 4, alpha: i
 
 def adapter_config(path: Path) -> dict:
     return json.loads((Path(path) / "adapter_config.json").read_text())
+
+
+def chat_prompt(tokenizer, text: str) -> str:
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def train_micro_lora(base_dir: Path, out: Path, examples: list[tuple[str, str]], seed: int, steps: int = 60,
+                     r: int = 4, lr: float = 3e-2) -> Path:
+    """Train a q,v LoRA on (input, answer) pairs: loss on the answer and the end-of-turn token."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
+                           LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"]))
+    rows = []
+    for text, answer in examples:
+        prompt = tok(chat_prompt(tok, text), add_special_tokens=False).input_ids
+        target = tok(answer + tok.eos_token, add_special_tokens=False).input_ids
+        rows.append((torch.tensor(prompt + target), torch.tensor([-100] * len(prompt) + target)))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    for step in range(steps):
+        ids, labels = rows[step % len(rows)]
+        loss = model(input_ids=ids[None], labels=labels[None]).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(out)
+    return Path(out)

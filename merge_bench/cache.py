@@ -1,0 +1,67 @@
+"""Content-addressed cache of evaluation results: one small JSON file per (model variant, task).
+
+The key hashes everything that determines a score (base and adapter hashes, method and params, task
+version and sampled ids, backend, limit), so a rerun or an extended run recomputes nothing already
+done, and a killed run resumes where it stopped. Files are written atomically.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def content_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def dir_sha256(path: Path, patterns: tuple[str, ...] = ("*.safetensors", "*.bin", "*.json")) -> str:
+    """A stable hash over a model or adapter directory's weight and config files."""
+    path = Path(path)
+    files = sorted({p for pat in patterns for p in path.glob(pat) if p.is_file()})
+    if not files:
+        raise FileNotFoundError(f"{path} holds no model files (looked for {', '.join(patterns)})")
+    return content_hash({p.name: file_sha256(p) for p in files})
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ResultCache:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, key: dict) -> Path:
+        digest = content_hash(key)
+        return self.root / digest[:2] / f"{digest}.json"
+
+    def get(self, key: dict) -> dict | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        return json.loads(path.read_text())["value"]
+
+    def put(self, key: dict, value: dict) -> None:
+        write_json_atomic(self._path(key), {"key": key, "value": value})

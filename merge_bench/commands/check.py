@@ -1,0 +1,30 @@
+"""``merge-bench check``: rerun the embedded suite (or a baseline) and fail on any moved score."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..leaderboard import DEFAULT_TOLERANCE, run_check
+
+
+def run(args) -> int:
+    report = run_check(
+        [Path(p) for p in args.baseline] if args.baseline else None, tolerance=args.tolerance,
+        backbone=args.backbone, methods=args.methods, device=args.device, out=Path(args.out) if args.out else None,
+        batch_size=args.batch_size,
+    )
+    print(report.render())
+    return 0 if report.ok else 1
+
+
+def register(sub) -> None:
+    p = sub.add_parser("check", help="rerun a baseline (default: the leaderboard's embedded-suite entries) and compare")
+    p.add_argument("--baseline", nargs="+", metavar="PATH",
+                   help="leaderboard directory, entry files or a run record (default: the repository's leaderboard/)")
+    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                   help=f"allowed move in score points, 0–100 scale (default {DEFAULT_TOLERANCE:g})")
+    p.add_argument("--backbone", default="tiny", help="only this backbone (default tiny)")
+    p.add_argument("--methods", nargs="+", help="only these methods (names or method keys)")
+    p.add_argument("--device", help="run on this device instead of the baseline's")
+    p.add_argument("--batch-size", type=int, help="evaluation batch size (default: the baseline's)")
+    p.add_argument("--out", help="run output directory (default: run's own)")
+    p.set_defaults(func=run)

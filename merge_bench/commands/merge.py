@@ -1,0 +1,57 @@
+"""``merge-bench merge``: merge adapters with one method and write the result."""
+from __future__ import annotations
+
+import time
+
+from ..methods import get_method
+from ..writers import FORMATS
+
+
+def parse_params(items: list[str] | None) -> dict[str, str]:
+    """``["k=v", ...]`` → ``{"k": "v"}``; values stay text for the method's typed parser."""
+    params: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"bad --param {item!r}: expected key=value (e.g. --param lam=0.3)")
+        if key.strip() in params:
+            raise ValueError(f"--param {key.strip()!r} given twice")
+        params[key.strip()] = value.strip()
+    return params
+
+
+def run(args) -> int:
+    from .. import merge
+
+    params = parse_params(args.param)
+    get_method(args.method)(**params)  # fail on an unknown method or parameter before reading any input
+    start = time.perf_counter()
+    result = merge(args.method, args.adapters, params=params, base=args.base, out=args.out, format=args.format,
+                   device=args.device, dtype=args.dtype, overwrite=args.overwrite, targets=args.targets,
+                   progress=True)
+    report = result.output
+    kind = f"low-rank, rank {report.rank}" if report.rank else ("low-rank" if result.is_lowrank else "dense")
+    print(f"merged {len(result.inputs)} inputs with {result.method}: {len(result.shapes)} matrices ({kind}); "
+          f"wrote {report.format} to {report.out} ({report.size_bytes / 2**20:.1f} MiB) "
+          f"in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("merge", help="merge LoRA adapters or fine-tuned checkpoints with one method",
+                       description="Merge task adapters into one model and write it atomically.")
+    p.add_argument("--method", required=True, help="a registered method (see `merge-bench methods`) or path/file.py:Class")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="a method hyperparameter (repeatable)")
+    p.add_argument("--adapters", nargs="+", required=True, metavar="DIR",
+                   help="PEFT LoRA directories, full fine-tuned checkpoints, or hub ids")
+    p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    p.add_argument("--base", help="base model directory or hub id (needed for full checkpoints and --format full)")
+    p.add_argument("--format", default="auto", choices=FORMATS,
+                   help="peft adapter (low-rank results), full checkpoint, bare deltas, or auto (default)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the merge maths (default cpu)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="dtype of the stored result (maths run in float32)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--targets", nargs="+", metavar="MODULE",
+                   help="module name suffixes to merge, e.g. q_proj v_proj or q,v (default: all targeted)")
+    p.set_defaults(func=run)

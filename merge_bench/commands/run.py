@@ -1,0 +1,59 @@
+"""``merge-bench run``: the whole protocol on one backbone (the embedded ``tiny`` by default)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..backbones import DEFAULT_BACKBONE
+from ..run import RunConfig, run_benchmark
+
+
+def parse_method_params(items: list[str]) -> dict[str, dict[str, str]]:
+    """``method.key=value`` items into {method: {key: value}} (values parsed later, typed by each Param)."""
+    params: dict[str, dict[str, str]] = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        method, dot, key = name.partition(".")
+        if not eq or not dot or not method or not key:
+            raise ValueError(f"bad --param {item!r}: expected method.key=value, e.g. star.eta=20")
+        params.setdefault(method, {})[key] = value
+    return params
+
+
+def split_list(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def add_run_options(p) -> None:
+    """Options shared by run, submit and check."""
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="backbone name or alias (default: tiny)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--n-tasks", type=int, help="draw this many of the backbone's tasks with --seed")
+    group.add_argument("--tasks", help="comma-separated task names")
+    p.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="override a method parameter; repeatable")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--limit", type=int, help="evaluate only the first N sampled documents per task (debugging)")
+    p.add_argument("--batch-size", type=int, help="evaluation batch size (default: the backbone's)")
+    p.add_argument("--out", type=Path, default=Path("runs"), help="where run records go (default: runs/)")
+
+
+def config_from_args(args, methods: list[str] | None) -> RunConfig:
+    return RunConfig(backbone=args.backbone, n_tasks=args.n_tasks, tasks=split_list(args.tasks), methods=methods,
+                     params=parse_method_params(args.param), seed=args.seed, backend=args.backend,
+                     device=args.device, limit=args.limit, out=args.out, batch_size=args.batch_size,
+                     save_merged=getattr(args, "save_merged", False))
+
+
+def run(args) -> int:
+    run_benchmark(config_from_args(args, split_list(args.methods)))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="evaluate pretrained, LoRA and merged models; print normalized scores")
+    add_run_options(p)
+    p.add_argument("--methods", help="'all' or comma-separated method names (default: the reference set)")
+    p.add_argument("--save-merged", action="store_true", help="also write each merged model under OUT/merged/")
+    p.set_defaults(func=run)

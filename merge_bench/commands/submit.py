@@ -1,0 +1,42 @@
+"""``merge-bench submit``: run the protocol for one method and write its leaderboard entry."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..leaderboard import default_root, submit
+from ..leaderboard.submit import parse_params
+
+
+def run(args) -> int:
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    result = submit(
+        args.method, args.backbone, root=Path(args.root) if args.root else default_root(), n_tasks=args.n_tasks,
+        tasks=tasks, params=parse_params(args.method, args.param), seed=args.seed, backend=args.backend,
+        device=args.device, overwrite=args.overwrite, out=Path(args.out) if args.out else None,
+        batch_size=args.batch_size,
+    )
+    e = result.entry
+    print(f"submit: {result.status} {result.path}\n  {e.method.key} on {e.backbone} · {e.task_set.id}: "
+          f"Avg. Normalized {e.normalized:.2f} (pretrained {e.pretrained.normalized:.2f})")
+    if result.status != "unchanged":
+        print("  next: merge-bench leaderboard validate && merge-bench leaderboard build, then commit the entry "
+              "and the regenerated files (see leaderboard/CONTRIBUTING.md)")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("submit", help="run the standard protocol for a method and add its leaderboard entry")
+    p.add_argument("--method", required=True, help="a registered method name or path/to/file.py:Class")
+    p.add_argument("--backbone", required=True)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--n-tasks", type=int, help="merge K tasks drawn with the run's seed (default: all)")
+    group.add_argument("--tasks", help="comma-separated task names")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a method parameter (repeatable)")
+    p.add_argument("--seed", type=int, default=42, help="protocol seed (default 42)")
+    p.add_argument("--backend", default="hf", choices=("hf", "vllm"))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, help="evaluation batch size (default: the backbone's)")
+    p.add_argument("--root", help="leaderboard directory (default: the repository's leaderboard/)")
+    p.add_argument("--out", help="run output directory (default: run's own)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing entry with different results")
+    p.set_defaults(func=run)

@@ -1,0 +1,34 @@
+"""``merge-bench tasks [--suite S]``: list the benchmark tasks the task YAMLs define."""
+from __future__ import annotations
+
+from tabulate import tabulate
+
+from ..tasks import list_tasks
+
+HEADERS = ["task", "dataset", "split", "n", "metric", "max tokens", "adapter"]
+
+
+def task_rows(suite: str | None = None) -> list[list[str]]:
+    """One row per task of ``suite`` (all suites when None): the columns of ``HEADERS``."""
+    rows = []
+    for t in list_tasks(suite):
+        dataset = t.dataset + (f" ({t.config})" if t.config else "")
+        split = t.split + (f" [{t.holdout}]" if t.holdout else "")
+        rows.append([t.name, dataset, split, t.sample, t.metric, str(t.max_new_tokens),
+                     "yes" if t.has_adapter else "no"])
+    return rows
+
+
+def task_table(suite: str | None = None) -> str:
+    return tabulate(task_rows(suite), headers=HEADERS)
+
+
+def run(args) -> int:
+    print(task_table(args.suite))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("tasks", help="list the benchmark tasks: dataset, split, sample size, metric")
+    p.add_argument("--suite", help="only this suite (flan, llama, mistral, tiny); default: all")
+    p.set_defaults(func=run)

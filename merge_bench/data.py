@@ -1,0 +1,250 @@
+"""Datasets for the task YAMLs: hub or offline mirror, gold normalization, seeded sampling.
+
+The offline mirror layout is ``<DATA_DIR>/<dataset_path>/<config or "default">/<split>.jsonl``, one
+JSON object per line in the hub dataset's own schema, with DATA_DIR from ``MERGE_BENCH_DATA_DIR``.
+Embedded datasets (``dataset_path`` starting with ``merge-bench/``) are always read from the
+repository's ``tasks/tiny/data`` mirror. Otherwise rows come from ``datasets.load_dataset``.
+
+``load_task_docs`` is the ``custom_dataset`` hook of every task YAML: lm-eval calls it with the task's
+``dataset_kwargs`` and ``metadata`` as keyword arguments, and it returns a DatasetDict with one split,
+``test``, holding the sampled documents. Each document is the dataset row plus
+- ``mb_id`` (str): the row's ``id_field`` value (dicts such as MultiRC's ``idx`` joined by "-" in key
+  order), or the row's index in its source split when the dataset has no id;
+- ``mb_golds`` (list[str]): the accepted answers. With a label set: the canonical labels of the gold
+  (an int or bool gold indexes the label list; a string gold goes through the same label matching as
+  generations). Without one: the gold references as strings (stsb's score, qasc's words, ...);
+- ``mb_target`` (str): the first of ``mb_golds`` (shown as the target in lm-eval's sample logs);
+- ``mb_labels`` (list[list[str]]): the label set, one alias list per class (empty without labels),
+  from the YAML's ``metadata.labels`` or, with ``labels_field``, from the row itself (ReCoRD's
+  entities).
+A row whose gold maps to no label (or that has no gold) cannot be scored: it is dropped before
+sampling, with a warning; a split left with no document is an error.
+
+The flan "finance" split (protocol: 10 % of train, split with seed 42) is derived with
+``holdout: {test_size: 0.1, seed: 42}``: the held-out rows are those that
+``datasets.Dataset.train_test_split(test_size=0.1, seed=42)`` puts in its ``test`` part, which is the
+reference's call. That permutation depends only on the number of rows and the seed, so it is the
+reference's exact held-out set (the rows the finance adapter was not trained on) provided the
+mirror keeps the hub's row order, which ``export_mirror`` does.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from .sampling import SampleSpec, content_key, sample_indices
+from .scoring import label_groups, match_label, normalize
+
+log = logging.getLogger(__name__)
+
+DATA_DIR_ENV = "MERGE_BENCH_DATA_DIR"
+EMBEDDED_PREFIX = "merge-bench/"
+TEST_SPLIT = "test"  # the one split name load_task_docs returns; the YAMLs say test_split: test
+MB_FIELDS = ("mb_id", "mb_golds", "mb_target", "mb_labels")
+
+Row = dict[str, Any]
+Fetch = Callable[[str, "str | None", str], list[Row]]
+
+
+def mirror_file(root: Path, dataset_path: str, name: str | None, split: str) -> Path:
+    """Where a split lives in a mirror rooted at ``root``."""
+    parts = [*dataset_path.split("/"), name or "default", f"{split}.jsonl"]
+    if any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"dataset {dataset_path!r} (config {name!r}, split {split!r}) is not a valid "
+                         "mirror path: expected names like 'nyu-mll/glue', 'mnli_matched', 'validation'")
+    return Path(root).joinpath(*parts)
+
+
+def embedded_root() -> Path:
+    from .tasks import tasks_dir
+
+    return tasks_dir() / "tiny" / "data"
+
+
+def read_jsonl(path: Path) -> list[Row]:
+    path = Path(path)
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
+            rows.append(row)
+    return rows
+
+
+def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Write rows as JSON lines atomically (a temp file beside the target, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def hub_split(dataset_path: str, name: str | None, split: str, revision: str | None = None) -> list[Row]:
+    """One split from the Hugging Face hub (or the datasets cache), as a list of rows."""
+    import datasets
+
+    ds = datasets.load_dataset(dataset_path, name, split=split, revision=revision)
+    return ds.to_list()
+
+
+def load_split(dataset_path: str, name: str | None, split: str, revision: str | None = None) -> list[Row]:
+    """The rows of one split: embedded mirror, ``MERGE_BENCH_DATA_DIR`` mirror, or the hub."""
+    if dataset_path.startswith(EMBEDDED_PREFIX):
+        root, origin = embedded_root(), "the embedded mirror"
+    elif os.environ.get(DATA_DIR_ENV):
+        root, origin = Path(os.environ[DATA_DIR_ENV]), f"{DATA_DIR_ENV}={os.environ[DATA_DIR_ENV]}"
+    else:
+        return hub_split(dataset_path, name, split, revision)
+    path = mirror_file(root, dataset_path, name, split)
+    if not path.is_file():
+        hint = ("build it with scripts/make_tiny_data.py" if dataset_path.startswith(EMBEDDED_PREFIX)
+                else "fill the mirror with `merge-bench data export --suite S --to DIR`")
+        raise FileNotFoundError(f"dataset {dataset_path} (config {name or 'default'}, split {split}): "
+                                f"expected {path} in {origin}; {hint}")
+    return read_jsonl(path)
+
+
+def holdout_indices(n: int, test_size: float, seed: int) -> list[int]:
+    """Row indices of the ``test`` part of ``Dataset.train_test_split(test_size, seed=seed)``."""
+    import datasets
+
+    if not 0.0 < test_size < 1.0:
+        raise ValueError(f"holdout test_size must be in (0, 1), got {test_size}")
+    index = datasets.Dataset.from_dict({"i": list(range(n))})
+    return list(index.train_test_split(test_size=test_size, seed=seed)["test"]["i"])
+
+
+def _row_id(row: Row, id_field: str | None, index: int) -> str:
+    if id_field is None:
+        return str(index)
+    value = row[id_field]
+    if isinstance(value, Mapping):
+        return "-".join(str(value[k]) for k in sorted(value))
+    return str(value)
+
+
+def _golds(value: Any, groups: tuple[tuple[str, ...], ...] | None) -> list[str]:
+    values = value if isinstance(value, list) else [value]
+    golds: list[str] = []
+    for v in values:
+        if groups is None:
+            gold = None if v is None or (isinstance(v, str) and not v.strip()) else str(v)
+        elif isinstance(v, (bool, int)):
+            gold = groups[int(v)][0] if 0 <= int(v) < len(groups) else None
+        elif isinstance(v, str):
+            gold = match_label(v, groups)
+        else:
+            raise ValueError(f"gold value {v!r} of type {type(v).__name__}: expected an int, bool or string "
+                             "when the task has labels")
+        if gold is not None and gold not in golds:
+            golds.append(gold)
+    return golds
+
+
+def _row_labels(row: Row, labels_field: str) -> tuple[tuple[str, ...], ...] | None:
+    seen, groups = set(), []
+    for entity in row[labels_field]:
+        if isinstance(entity, str) and entity.strip() and normalize(entity) not in seen:
+            seen.add(normalize(entity))
+            groups.append((entity,))
+    return tuple(groups) or None
+
+
+def build_docs(rows: Sequence[tuple[int, Row]], *, gold_field: str, id_field: str | None = None,
+               labels: Sequence[Any] | None = None, labels_field: str | None = None,
+               where: str = "dataset") -> list[Row]:
+    """Documents (row + mb_* fields) for (source index, row) pairs; see the module docstring."""
+    if labels is not None and labels_field is not None:
+        raise ValueError(f"{where}: give either metadata.labels or dataset_kwargs.labels_field, not both")
+    fixed = label_groups(labels) if labels is not None else None
+    docs, dropped = [], []
+    for index, row in rows:
+        for field in (gold_field, id_field, labels_field):
+            if field is not None and field not in row:
+                raise ValueError(f"{where}: row {index} has no field {field!r} (fields: {sorted(row)})")
+        groups = _row_labels(row, labels_field) if labels_field else fixed
+        mb_id = _row_id(row, id_field, index)
+        golds = _golds(row[gold_field], groups) if (groups or not labels_field) else []
+        if not golds:
+            dropped.append(mb_id)
+            continue
+        docs.append({**row, "mb_id": mb_id, "mb_golds": golds, "mb_target": golds[0],
+                     "mb_labels": [list(g) for g in groups or ()]})
+    if dropped:
+        log.warning("%s: dropped %d of %d rows whose gold maps to no label (ids %s...)", where, len(dropped),
+                    len(rows), dropped[:5])
+    return docs
+
+
+def task_docs(*, path: str, split: str, gold_field: str, name: str | None = None, sample: str = "all",
+              id_field: str | None = None, labels: Sequence[Any] | None = None, labels_field: str | None = None,
+              holdout: Mapping[str, Any] | None = None, revision: str | None = None) -> list[Row]:
+    """A task's sampled documents, in sample order."""
+    where = f"{path} ({name or 'default'}, {split})"
+    spec = SampleSpec.parse(sample)
+    rows = load_split(path, name, split, revision)
+    if holdout is not None:
+        unknown = sorted(set(holdout) - {"test_size", "seed"})
+        if unknown:
+            raise ValueError(f"{where}: holdout keys {unknown} unknown; expected test_size and seed")
+        keep = holdout_indices(len(rows), float(holdout["test_size"]), int(holdout["seed"]))
+        pairs = [(i, rows[i]) for i in keep]
+        where += f" {holdout['test_size']:.0%} holdout seed {holdout['seed']}"
+    else:
+        pairs = list(enumerate(rows))
+    docs = build_docs(pairs, gold_field=gold_field, id_field=id_field, labels=labels,
+                      labels_field=labels_field, where=where)
+    # The content key is the source row's (the fields build_docs added are left out).
+    keys = [content_key({k: v for k, v in d.items() if k not in MB_FIELDS}) for d in docs]
+    chosen = sample_indices(keys, spec, [d["mb_target"] for d in docs] if spec.kind == "bal" else None)
+    if not chosen:
+        raise ValueError(f"{where}: no document to evaluate (empty split, or no gold maps to a label)")
+    return [docs[i] for i in chosen]
+
+
+def load_task_docs(*, path: str, split: str, gold_field: str, name: str | None = None, sample: str = "all",
+                   id_field: str | None = None, labels_field: str | None = None,
+                   holdout: Mapping[str, Any] | None = None, revision: str | None = None,
+                   labels: Sequence[Any] | None = None, **_metadata: Any):
+    """lm-eval ``custom_dataset`` hook: ``dataset_kwargs`` and ``metadata`` arrive as keywords
+    (``labels`` is a metadata key; the other metadata, such as ``version``, is ignored here)."""
+    import datasets
+
+    docs = task_docs(path=path, split=split, gold_field=gold_field, name=name, sample=sample, id_field=id_field,
+                     labels=labels, labels_field=labels_field, holdout=holdout, revision=revision)
+    return datasets.DatasetDict({TEST_SPLIT: datasets.Dataset.from_list(docs)})
+
+
+def export_mirror(suite: str | None, to_dir: Path, fetch: Fetch | None = None) -> list[Path]:
+    """Download every split the suite's tasks read (``suite`` None: all suites) into a mirror at
+    ``to_dir``, in the hub's row order; embedded datasets are skipped. Returns the files written."""
+    from .tasks import list_tasks
+
+    fetch = fetch or hub_split
+    wanted = sorted({(t.dataset, t.config, t.split) for t in list_tasks(suite)
+                     if not t.dataset.startswith(EMBEDDED_PREFIX)}, key=lambda s: (s[0], s[1] or "", s[2]))
+    written = []
+    for dataset_path, name, split in wanted:
+        target = mirror_file(Path(to_dir), dataset_path, name, split)
+        log.info("exporting %s (%s, %s) to %s", dataset_path, name or "default", split, target)
+        written.append(write_jsonl(target, fetch(dataset_path, name, split)))
+    return written

@@ -1,0 +1,278 @@
+"""The merge engine: instantiate a method, stream every targeted matrix's task vectors through it,
+and hold (or stream out) the merged deltas.
+
+Memory: the engine keeps one matrix's N task vectors at a time (``del`` before the next is built),
+so an elementwise method on dense inputs peaks at about one matrix × N (plus its own workspace).
+With ``stream=True`` the merged matrices are produced lazily while a writer consumes them, and each
+is freed once written; otherwise they are collected into ``MergeResult.deltas``.
+"""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+import platform
+import sys
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence, Union
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .adapters import BaseModel, Plan, open_input, plan
+from .delta import Delta, LowRank
+from .io import all_finite, sha256_files
+from .methods import MergeMethod, get_method
+from .numerics import COMPUTE_DTYPE, Numerics
+
+log = logging.getLogger(__name__)
+
+MethodSpec = Union[str, type, MergeMethod]
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    """One input as recorded in merge_config.json: where it was, what it was, and its content hash.
+
+    The hash is computed on a background thread while the merge runs (hashlib releases the GIL),
+    so reading ``sha256``/``files`` may wait for it.
+    """
+
+    path: str
+    kind: str  # "lora" or "full"
+    digest: Future = field(repr=False, compare=False)
+
+    @property
+    def sha256(self) -> str:
+        """Over the files the input was read from (see io.sha256_files)."""
+        return self.digest.result()[0]
+
+    @property
+    def files(self) -> dict[str, str]:
+        return self.digest.result()[1]
+
+
+@dataclass
+class MergeResult:
+    """The merged Δ per base parameter name, with everything needed to write and reproduce it."""
+
+    method: str
+    config: dict[str, Any]
+    inputs: list[InputRecord]
+    base: str | None
+    is_lowrank: bool
+    versions: dict[str, str]
+    shapes: dict[str, tuple[int, int]]  # in merge order
+    numerics: Numerics = field(default_factory=Numerics)
+    targets: list[str] | None = None
+    fan_in_fan_out: bool = False
+    lora_meta: dict[str, Any] = field(default_factory=dict)
+    base_model: BaseModel | None = field(default=None, repr=False)
+    output: Any = None  # the writers.WriteReport once written
+    _deltas: dict[str, Delta] | None = field(default=None, repr=False)
+    _pending: Iterator[tuple[str, Delta]] | None = field(default=None, repr=False)
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.shapes)
+
+    def items(self) -> Iterator[tuple[str, Delta]]:
+        """(name, Δ) in merge order. A streamed result computes them now and can be read once."""
+        if self._deltas is not None:
+            yield from self._deltas.items()
+            return
+        if self._pending is None:
+            raise ValueError("this streamed merge result was already consumed (written out); "
+                             "merge again, or merge without streaming to keep the deltas")
+        pending, self._pending = self._pending, None
+        yield from pending
+
+    @property
+    def deltas(self) -> dict[str, Delta]:
+        if self._deltas is None:
+            self._deltas = dict(self.items())
+        return self._deltas
+
+    def apply_to(self, model: torch.nn.Module) -> "AppliedMerge":
+        """Add Δ into ``model``'s weights in place (W ← cast(float32(W) + Δ)); the handle restores
+        the exact original weights (kept on the CPU meanwhile)."""
+        targets = [(key, find_parameter(model, key), delta) for key, delta in self.deltas.items()]
+        originals: list[tuple[torch.nn.Parameter, Tensor]] = []
+        try:
+            with torch.no_grad():
+                for key, param, delta in targets:
+                    if tuple(param.shape) != tuple(self.shapes[key]):
+                        raise ValueError(f"model parameter {key} has shape {tuple(param.shape)}; "
+                                         f"the merge is for {tuple(self.shapes[key])}")
+                    originals.append((param, param.detach().to("cpu", copy=True)))
+                    update = _dense_on(delta, param.device)
+                    param.copy_((param.to(COMPUTE_DTYPE) + update).to(param.dtype))
+        except BaseException:
+            AppliedMerge(originals).restore()
+            raise
+        return AppliedMerge(originals)
+
+
+class AppliedMerge:
+    """Handle returned by ``MergeResult.apply_to``: ``restore()`` (or leaving a ``with`` block) puts
+    the original weights back."""
+
+    def __init__(self, originals: list[tuple[torch.nn.Parameter, Tensor]]):
+        self._originals = originals
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for param, original in self._originals:
+                param.copy_(original.to(param.device))
+        self._originals = []
+
+    def __enter__(self) -> "AppliedMerge":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+
+def find_parameter(model: torch.nn.Module, name: str) -> torch.nn.Parameter:
+    """``model.get_parameter`` that tolerates a missing or extra base-model prefix."""
+    prefix = getattr(model, "base_model_prefix", "")
+    candidates = [name, f"{prefix}.{name}" if prefix else None, name.partition(".")[2]]
+    for candidate in filter(None, candidates):
+        try:
+            return model.get_parameter(candidate)
+        except AttributeError:
+            continue
+    raise ValueError(f"the model ({type(model).__name__}) has no parameter {name!r}")
+
+
+def _dense_on(delta: Delta, device: torch.device) -> Tensor:
+    if isinstance(delta, LowRank):
+        return delta.B.to(device, COMPUTE_DTYPE) @ delta.A.to(device, COMPUTE_DTYPE)
+    return delta.to(device, COMPUTE_DTYPE)
+
+
+def make_method(method: MethodSpec, params: Mapping[str, Any] | None = None) -> MergeMethod:
+    """A method instance from a registered name, a ``file.py:Class`` spec, a class, or an instance."""
+    if isinstance(method, MergeMethod):
+        if params:
+            raise ValueError("pass parameters either to the method instance or as params, not both")
+        return method
+    cls = get_method(method) if isinstance(method, str) else method
+    if not (isinstance(cls, type) and issubclass(cls, MergeMethod)):
+        raise ValueError(f"method must be a name, a MergeMethod subclass or instance; got {method!r}")
+    return cls(**dict(params or {}))
+
+
+def normalize_targets(targets: str | Sequence[str] | None) -> list[str] | None:
+    """``"q,v"``, ``["q", "v"]`` or ``["q,v"]`` → ``["q", "v"]``; None or empty → None."""
+    if targets is None:
+        return None
+    items = [targets] if isinstance(targets, str) else list(targets)
+    out = [t.strip() for item in items for t in str(item).split(",") if t.strip()]
+    return out or None
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that shape a merge (module ``__version__`` when already imported:
+    importlib.metadata scans every installed distribution and costs ~0.1 s per lookup)."""
+    out = {"python": platform.python_version()}
+    for package, module in (("merge-bench", "merge_bench"), ("torch", "torch"), ("transformers", "transformers"),
+                            ("peft", "peft"), ("safetensors", "safetensors")):
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(getattr(loaded, "__version__", None), str):
+            out[package] = loaded.__version__
+            continue
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "not installed"
+    return out
+
+
+def merge(method: MethodSpec, adapters: Sequence[Union[str, Path]], *, params: Mapping[str, Any] | None = None,
+          base: Union[str, Path, BaseModel, None] = None, numerics: Numerics = Numerics(),
+          targets: str | Sequence[str] | None = None, stream: bool = False, progress: bool = False) -> MergeResult:
+    """Merge ``adapters`` (PEFT LoRA dirs and/or full checkpoints) with ``method``.
+
+    Inputs are opened and validated now. Without ``stream`` the merge runs now and the result holds
+    every Δ; with ``stream`` it runs while the result's ``items()`` are consumed (by a writer).
+    """
+    instance = make_method(method, params)
+    targets = normalize_targets(targets)
+    base_model = base if isinstance(base, BaseModel) or base is None else BaseModel(base)
+    the_plan = plan([open_input(a, base_model, targets) for a in adapters], base_model)
+    hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-bench-hash")
+    records = [InputRecord(s.spec, s.kind, hasher.submit(sha256_files, s.path, s.files)) for s in the_plan.inputs]
+    hasher.shutdown(wait=False)
+    is_lowrank = bool(instance.lowrank) and all(s.kind == "lora" for s in the_plan.inputs)
+    result = MergeResult(
+        method=instance.name if isinstance(method, (MergeMethod, type)) or ":" not in str(method) else str(method),
+        config=dict(instance.config), inputs=records, base=None if base_model is None else base_model.spec,
+        is_lowrank=is_lowrank, versions=versions(), shapes={k: the_plan.shapes[k] for k in the_plan.keys},
+        numerics=numerics, targets=targets, fan_in_fan_out=the_plan.fan_in_fan_out,
+        lora_meta=_lora_meta(the_plan), base_model=base_model,
+        _pending=_run(instance, the_plan, numerics.device, is_lowrank, progress),
+    )
+    if not stream:
+        result.deltas  # noqa: B018 (runs the merge now)
+    return result
+
+
+def _lora_meta(the_plan: Plan) -> dict[str, Any]:
+    """What the LoRA inputs agree on, for the merged adapter's config (None where they differ)."""
+    configs = [s.config for s in the_plan.inputs if s.kind == "lora"]
+    meta: dict[str, Any] = {}
+    for key in ("task_type", "base_model_name_or_path"):
+        values = {c.get(key) for c in configs}
+        meta[key] = values.pop() if len(values) == 1 else None
+    return meta
+
+
+def module_stream(the_plan: Plan, device: torch.device):
+    """The re-iterable ModuleStream over the plan: (key, one Δ per task) on ``device``."""
+
+    def stream() -> Iterator[tuple[str, list[Delta]]]:
+        for key in the_plan.keys:
+            yield key, [the_plan.delta(t, key).to(device) for t in range(len(the_plan.inputs))]
+
+    return stream
+
+
+def _run(method: MergeMethod, the_plan: Plan, device: torch.device, expect_lowrank: bool,
+         progress: bool) -> Iterator[tuple[str, Delta]]:
+    stream = module_stream(the_plan, device)
+    method.prepare(stream)
+    bar = tqdm(total=len(the_plan.keys), disable=not progress, unit="matrix", desc=f"merge {method.name}")
+    try:
+        for key, deltas in stream():
+            merged = method.merge(deltas, key)
+            del deltas  # free the N task vectors before the next matrix is loaded
+            merged = _checked(merged, key, the_plan.shapes[key], method.name, expect_lowrank)
+            bar.update()
+            yield key, merged
+            del merged
+    finally:
+        bar.close()
+
+
+def _checked(merged: Any, key: str, shape: tuple[int, int], name: str, expect_lowrank: bool) -> Delta:
+    if isinstance(merged, LowRank):
+        merged = LowRank(merged.B.to("cpu", COMPUTE_DTYPE), merged.A.to("cpu", COMPUTE_DTYPE))
+        parts = (merged.B, merged.A)
+    elif isinstance(merged, Tensor):
+        if expect_lowrank:
+            raise ValueError(f"method {name!r} declares lowrank=True but returned a dense tensor for {key}")
+        merged = merged.to("cpu", COMPUTE_DTYPE)
+        parts = (merged,)
+    else:
+        raise ValueError(f"method {name!r} returned {type(merged).__name__} for {key}; expected a LowRank or a tensor")
+    if tuple(merged.shape) != tuple(shape):
+        raise ValueError(f"method {name!r} returned shape {tuple(merged.shape)} for {key}; expected {tuple(shape)}")
+    if not all(all_finite(p) for p in parts):
+        raise ValueError(f"method {name!r} produced NaN/Inf for {key}")
+    return merged
+
+
+__all__ = ["MergeResult", "AppliedMerge", "InputRecord", "merge", "make_method", "module_stream"]

@@ -1,0 +1,157 @@
+"""Evaluation through lm-evaluation-harness, on one base model kept in memory.
+
+An ``Evaluator`` holds the base model and switches it between variants in place: the pretrained
+weights, one PEFT adapter (the LoRA row), or a merged delta added into the weights (merged rows).
+No multi-GB checkpoint is written between methods. ``hf`` runs transformers on CPU or GPU;
+``vllm`` keeps one engine and serves low-rank merges as LoRA adapters (see ``vllm_backend``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .backbones import Backbone
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What identifies a task's evaluation: its lm-eval name, version and the exact documents."""
+
+    short: str
+    lm_eval_task: str
+    version: str
+    n: int
+    sample_ids_sha256: str
+    yaml_sha256: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TaskScore:
+    metric: str
+    score: float  # 0–100
+    n: int
+
+
+def sample_ids_sha256(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+
+def task_manager(extra_dirs: tuple[Path, ...] = ()):
+    from lm_eval.tasks import TaskManager
+
+    from .tasks import tasks_dir
+
+    paths = [str(tasks_dir())] + [str(p) for p in extra_dirs]
+    return TaskManager(include_path=paths, include_defaults=False, verbosity="ERROR")
+
+
+def describe_tasks(backbone: Backbone, shorts: list[str], manager, limit: int | None) -> dict[str, TaskInfo]:
+    """Build each task once (lm-eval loads and samples its documents) and hash what will be scored."""
+    from lm_eval.tasks import get_task_dict
+
+    names = {backbone.lm_eval_task(s): s for s in shorts}
+    unknown = sorted(n for n in names if n not in manager.all_tasks)
+    if unknown:
+        raise ValueError(f"no lm-eval task named {unknown} under {manager.include_path}")
+    infos = {}
+    for name, task in get_task_dict(list(names), manager).items():
+        docs = list(task.eval_docs)
+        if limit is not None:
+            docs = docs[:limit]
+        missing = [i for i, d in enumerate(docs) if "mb_id" not in d]
+        if missing:
+            raise ValueError(f"task {name}: documents {missing[:5]} have no 'mb_id' field (set in process_docs)")
+        config = task.config
+        version = (config.metadata or {}).get("version", "unversioned")
+        yaml_text = json.dumps(config.to_dict(keep_callable=False), sort_keys=True, default=str)
+        infos[names[name]] = TaskInfo(
+            short=names[name], lm_eval_task=name, version=str(version), n=len(docs),
+            sample_ids_sha256=sample_ids_sha256([str(d["mb_id"]) for d in docs]),
+            yaml_sha256=hashlib.sha256(yaml_text.encode()).hexdigest(),
+        )
+    return infos
+
+
+def _primary_metric(task_results: dict, task: str) -> tuple[str, float]:
+    metrics = {k.split(",")[0]: v for k, v in task_results.items()
+               if "," in k and "_stderr" not in k and isinstance(v, (int, float))}
+    if len(metrics) != 1:
+        raise ValueError(f"task {task}: expected exactly one metric, lm-eval reported {sorted(metrics)}")
+    (name, value), = metrics.items()
+    return name, float(value)
+
+
+class HFEvaluator:
+    """lm-eval's HF model over a base kept in memory; variants are swapped in place."""
+
+    backend = "hf"
+
+    def __init__(self, backbone: Backbone, base_dir: Path, manager, *, device: str = "cpu",
+                 batch_size: int | None = None, limit: int | None = None, seed: int = 42) -> None:
+        from lm_eval.models.huggingface import HFLM
+        from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+        from .numerics import parse_dtype
+
+        auto = AutoModelForSeq2SeqLM if backbone.seq2seq else AutoModelForCausalLM
+        dtype = parse_dtype(backbone.eval.dtype) if device != "cpu" else torch.float32
+        self.model = auto.from_pretrained(base_dir, dtype=dtype).to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        self.lm = HFLM(pretrained=self.model, tokenizer=tokenizer, device=device,
+                       batch_size=batch_size or backbone.eval.batch_size, max_length=backbone.eval.max_length,
+                       backend="seq2seq" if backbone.seq2seq else "causal")
+        self.backbone, self.manager, self.limit, self.seed = backbone, manager, limit, seed
+
+    @contextmanager
+    def lora(self, adapter_dir: Path) -> Iterator[None]:
+        """The base with one PEFT adapter injected (PEFT computes it, independently of our engine)."""
+        from peft import PeftModel
+
+        peft_model = PeftModel.from_pretrained(self.model, str(adapter_dir))
+        try:
+            yield
+        finally:
+            peft_model.unload()  # removes the LoRA layers from self.model in place
+
+    @contextmanager
+    def merged(self, result) -> Iterator[None]:
+        """The base with a merged delta added into its weights, restored afterwards."""
+        handle = result.apply_to(self.model)
+        try:
+            yield
+        finally:
+            handle.restore()
+
+    def evaluate(self, shorts: list[str]) -> dict[str, TaskScore]:
+        with torch.inference_mode():
+            return run_lm_eval(self.lm, self.backbone, shorts, self.manager, self.limit, self.seed)
+
+
+def run_lm_eval(lm, backbone: Backbone, shorts: list[str], manager, limit: int | None,
+                seed: int) -> dict[str, TaskScore]:
+    """One ``simple_evaluate`` call on an lm-eval LM; each task's primary metric on the 0–100 scale."""
+    from lm_eval import simple_evaluate
+
+    names = [backbone.lm_eval_task(s) for s in shorts]
+    out = simple_evaluate(
+        model=lm, tasks=names, task_manager=manager, limit=limit, apply_chat_template=backbone.chat_template,
+        log_samples=False, bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+        fewshot_random_seed=seed, verbosity="ERROR",
+    )
+    scores = {}
+    for short, name in zip(shorts, names):
+        metric, value = _primary_metric(out["results"][name], name)
+        scores[short] = TaskScore(metric, 100.0 * value, int(out["n-samples"][name]["effective"]))
+    return scores

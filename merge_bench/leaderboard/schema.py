@@ -1,0 +1,187 @@
+"""The leaderboard entry schema (pydantic), its content hash and its JSON Schema export.
+
+One entry = one (backbone, task set, method, params) result, with the pretrained and LoRA
+reference rows of the same run and enough provenance to rerun it. Decisions where the brief was
+silent:
+
+- ``entry_sha256`` is the sha256 of the canonical JSON (sorted keys, no whitespace, UTF-8) of the
+  entry's JSON form without the hash itself. Validation hashes the file's raw JSON, so a change to
+  any byte of meaning (a score, a version, a field added by hand) is detected.
+- Every model forbids unknown fields: an entry is a published record, and a typo'd field should
+  be an error, not silently ignored.
+- Scores are finite floats on the 0–100 scale; NaN/inf cannot be written as JSON anyway.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+# The leaderboard version follows the protocol version: v1 = protocol v1 (protocol.md).
+LEADERBOARD_VERSION = "v1"
+PROTOCOL_VERSION = 1
+
+_SHA256 = r"^[0-9a-f]{64}$"
+Sha256 = Field(pattern=_SHA256)
+_TASK_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScoreRow(_Strict):
+    """Per-task scores (0–100) and their normalized score (mean of 100·score/LoRA)."""
+
+    scores: dict[str, FiniteFloat]
+    normalized: FiniteFloat
+
+
+class TaskSet(_Strict):
+    id: str = Field(pattern=r"^n[0-9]+-[0-9a-f]{8}$")
+    tasks: list[str] = Field(min_length=1)
+
+    @field_validator("tasks")
+    @classmethod
+    def _sorted_unique(cls, tasks: list[str]) -> list[str]:
+        bad = [t for t in tasks if not _TASK_NAME.match(t)]
+        if bad:
+            raise ValueError(f"task names must be short lower-case names, got {bad}")
+        if tasks != sorted(set(tasks)):
+            raise ValueError(f"tasks must be sorted and unique, got {tasks}")
+        return tasks
+
+
+class MethodInfo(_Strict):
+    """The method as run. ``source`` says how a reader can get the code again.
+
+    builtin: shipped with merge-bench; entry_point: an installed package (``distribution`` and its
+    version); file: a ``path/file.py:Class`` plugin, pinned by the file's sha256.
+    """
+
+    name: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+    params: dict[str, Any]
+    source: Literal["builtin", "entry_point", "file"]
+    plugin_spec: str | None = None
+    plugin_sha256: str | None = Field(default=None, pattern=_SHA256)
+    distribution: str | None = None
+    distribution_version: str | None = None
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> "MethodInfo":
+        if self.source == "file" and (self.plugin_spec is None or self.plugin_sha256 is None):
+            raise ValueError("a method from a file needs plugin_spec and plugin_sha256")
+        if self.source == "entry_point" and self.distribution is None:
+            raise ValueError("a method from an entry point needs distribution")
+        return self
+
+
+class MergeBenchInfo(_Strict):
+    version: str
+    git_commit: str | None
+
+
+class Versions(_Strict):
+    python: str
+    torch: str
+    transformers: str
+    peft: str
+    lm_eval: str
+    vllm: str | None = None
+
+
+class Hardware(_Strict):
+    platform: str
+    cpu: str | None = None
+    cpu_count: int | None = None
+    gpu: str | None = None
+
+
+class BackboneInfo(_Strict):
+    name: str
+    base_id: str
+    base_revision: str | None
+    base_sha256: str = Sha256
+
+
+class Artifact(_Strict):
+    id: str
+    revision: str | None
+    sha256: str = Sha256
+
+
+class TaskInfo(_Strict):
+    lm_eval_task: str
+    version: str | int | float
+    metric: str
+    n: int = Field(ge=1)
+    sample_ids_sha256: str = Sha256
+    yaml_sha256: str | None = Field(default=None, pattern=_SHA256)  # the task config as evaluated
+
+
+class Provenance(_Strict):
+    merge_bench: MergeBenchInfo
+    versions: Versions
+    hardware: Hardware
+    backbone: BackboneInfo
+    adapters: dict[str, Artifact]
+    tasks: dict[str, TaskInfo]
+    backend: str
+    device: str
+    seed: int
+    batch_size: int | None = None  # evaluation batch size; batched generation pads, which can move scores
+    date: datetime
+    merged_sha256: str | None = Field(default=None, pattern=_SHA256)
+
+
+class Entry(_Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    leaderboard_version: Literal["v1"] = LEADERBOARD_VERSION
+    protocol_version: Literal[1] = PROTOCOL_VERSION
+    backbone: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    task_set: TaskSet
+    method: MethodInfo
+    scores: dict[str, FiniteFloat]
+    normalized: FiniteFloat
+    pretrained: ScoreRow
+    lora: ScoreRow
+    provenance: Provenance
+    entry_sha256: str = Sha256
+
+    def content(self) -> dict[str, Any]:
+        """The JSON form without the hash: what ``entry_sha256`` covers."""
+        data = self.model_dump(mode="json")
+        data.pop("entry_sha256")
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def canonical_json(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def content_sha256(data: dict[str, Any]) -> str:
+    """sha256 of an entry's JSON form, ignoring any ``entry_sha256`` field in it."""
+    rest = {k: v for k, v in data.items() if k != "entry_sha256"}
+    return hashlib.sha256(canonical_json(rest).encode("utf-8")).hexdigest()
+
+
+def seal(fields: dict[str, Any]) -> Entry:
+    """Build an Entry from its fields (without hash) and set ``entry_sha256``."""
+    draft = Entry.model_validate({**fields, "entry_sha256": "0" * 64})
+    return draft.model_copy(update={"entry_sha256": content_sha256(draft.content())})
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Entry.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = f"merge-bench leaderboard entry (schema_version {SCHEMA_VERSION})"
+    return schema

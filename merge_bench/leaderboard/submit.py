@@ -1,0 +1,104 @@
+"""``merge-bench submit``: run the standard protocol for one method and write its leaderboard entry."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..methods import get_method
+from .check import Runner
+from .convert import entries_from_record, plugin_file_info
+from .schema import Entry
+from .store import entry_files, entry_path, read_entry, write_entry
+from .validate import check_entry_data, reference_mismatches
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    entry: Entry
+    path: Path
+    status: str  # "written", "overwritten" or "unchanged"
+
+
+def parse_params(method: str, items: list[str]) -> dict[str, Any]:
+    """``["k=v", ...]`` → typed parameter values, checked against the method's declared parameters."""
+    cls = get_method(method)
+    known = {p.name: p for p in cls.params}
+    values: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if name.startswith(cls.name + "."):  # the `run` spelling, method.key=value, also works
+            name = name[len(cls.name) + 1:]
+        if not sep or not name:
+            raise ValueError(f"--param {item!r}: expected NAME=VALUE")
+        if name not in known:
+            raise ValueError(f"--param {item!r}: method {cls.name!r} has no parameter {name!r}; "
+                             f"it has {sorted(known) or 'none'}")
+        values[name] = known[name].parse(text)
+    cls(**values)  # the method's own range checks, before any compute is spent
+    return values
+
+
+def _same_result(a: Entry, b: Entry) -> bool:
+    """Same numbers, method, params and inputs; the run date and hardware may differ."""
+    def core(e: Entry) -> dict[str, Any]:
+        data = e.content()
+        for key in ("date", "hardware"):
+            data["provenance"].pop(key)
+        return data
+    return core(a) == core(b)
+
+
+def submit(
+    method: str, backbone: str, *, root: Path, n_tasks: int | None = None, tasks: list[str] | None = None,
+    params: Mapping[str, Any] | None = None, seed: int = 42, backend: str = "hf", device: str = "cpu",
+    overwrite: bool = False, runner: Runner | None = None, out: Path | None = None, batch_size: int | None = None,
+) -> SubmitResult:
+    """Run ``method`` on the backbone's task set, validate the entry against the leaderboard, write it.
+
+    An existing entry at the same place with other results is kept unless ``overwrite``; one with
+    the same results (only the date or hardware differ) is left as it was.
+    """
+    if n_tasks is not None and tasks is not None:
+        raise ValueError("give --n-tasks or --tasks, not both")
+    if runner is None:
+        from ..run import run_benchmark as runner  # noqa: N813
+    from ..run import RunConfig
+
+    cls = get_method(method)
+    plugins = {}
+    if ".py:" in method:
+        name, info = plugin_file_info(method)
+        plugins[name] = info
+    kwargs: dict[str, Any] = dict(backbone=backbone, n_tasks=n_tasks, tasks=tasks, methods=[method],
+                                  params={cls.name: dict(params or {})}, seed=seed, backend=backend,
+                                  device=device, limit=None, batch_size=batch_size)
+    if out is not None:
+        kwargs["out"] = Path(out)
+    record = runner(RunConfig(**kwargs))
+    entries = [e for e in entries_from_record(record, plugins) if e.method.name == cls.name]
+    if len(entries) != 1:
+        raise ValueError(f"the run produced {len(entries)} results for method {cls.name!r}, expected 1")
+    entry = entries[0]
+
+    root = Path(root)
+    path = entry_path(root, entry)
+    entry_problems = check_entry_data(entry.model_dump(mode="json"), path, root)[1]
+    siblings = [p for p in entry_files(root) if p.parent == path.parent and p != path]
+    ref_problems = reference_mismatches(path, entry, siblings[0], read_entry(siblings[0])) if siblings else []
+    problems = entry_problems + ref_problems
+    if problems:
+        raise ValueError("the new entry does not validate:\n  " + "\n  ".join(map(str, problems)))
+
+    status = "written"
+    if path.exists():
+        old = read_entry(path)
+        if _same_result(old, entry):
+            return SubmitResult(old, path, "unchanged")
+        if not overwrite:
+            raise ValueError(f"{path} already holds a different result for {entry.method.key} "
+                             f"(normalized {old.normalized:.4f}, now {entry.normalized:.4f}); "
+                             "pass --overwrite to replace it")
+        status = "overwritten"
+    write_entry(root, entry)
+    return SubmitResult(entry, path, status)

@@ -1,0 +1,42 @@
+"""Iso-C: isotropic merging in the common subspace (Marczak et al., ICML 2025; danielm1405/iso-merging)."""
+from __future__ import annotations
+
+import math
+
+from ..delta import Delta, all_lowrank, frob_sq, svd, weighted_sum
+from .base import MergeMethod, Param
+from .factor import densify, device_of, nonzero_count, output, shape_of, zero_like
+
+
+class IsoC(MergeMethod):
+    """Δ* = α·σ̄·U_K·V_Kᵀ where Δ_TA = Σ_t τ_t = U·diag(σ)·Vᵀ has K non-zero singular values.
+
+    ``sigma_mean = rank`` (default): σ̄ = Σσ/K, keeping the nuclear norm on the range;
+    ``full``: σ̄ = Σσ/p with p = min(n, m), the reference's value on the range. The reference also
+    sets the p − K null directions to σ̄, pairing them arbitrarily; on LoRA inputs we drop that part
+    (methods.md), so the output is a LowRank of rank K ≤ Σ r_t computed by the exact factor-space
+    SVD of the concatenated factors. Decision: K counts singular values above float32 rounding
+    relative to max(σ_max(Δ_TA), max_t ‖τ_t‖_F), so a sum that cancels to rounding noise gives 0.
+    """
+
+    name = "iso_c"
+    description = "Iso-C: the summed task vector with its spectrum flattened to the mean singular value."
+    params = (
+        Param("sigma_mean", "rank", "σ̄ over the K non-zero singular values (rank) or over p = min(n, m) (full)",
+              ("rank", "full")),
+        Param("alpha", 1.0, "scaling α of the merged update"),
+    )
+    lowrank = True
+
+    def merge(self, deltas: list[Delta], key: str) -> Delta:
+        shape = shape_of(deltas, key)
+        lowrank = all_lowrank(deltas)
+        if not lowrank:
+            deltas = densify(deltas)
+        U, S, Vh = svd(weighted_sum(deltas, [1.0] * len(deltas)))
+        scale = max([math.sqrt(frob_sq(d)) for d in deltas])
+        K = nonzero_count(S, shape, scale)
+        if K == 0:
+            return zero_like(shape, lowrank, device_of(deltas[0]))
+        sbar = S[:K].sum() / (K if self.sigma_mean == "rank" else min(shape))
+        return output(self.alpha * sbar * U[:, :K], Vh[:K], lowrank)

@@ -1,0 +1,125 @@
+"""KnOTS: align LoRA task updates in a shared SVD basis, then merge (Stoica et al., ICLR 2025; gstoica27/KnOTS)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..delta import Delta, LowRank, all_lowrank
+from ..numerics import COMPUTE_DTYPE, SVD_DTYPE
+from ..selection import kth_largest_abs
+from .base import MergeMethod, ModuleStream, Param
+from .dare import drop_mask
+from .factor import densify, device_of, joint_column_svd, output, shape_of, zero_like
+from .ops import disjoint_mean, elect_sign, is_zero, matrix_chunks, percent_count
+
+SIGMA_FLOOR = 1e-5  # the reference keeps σ > 1e-5 of the float64 joint SVD
+
+
+def knots_basis(deltas: list[Delta]) -> tuple[Tensor, list[Tensor]]:
+    """U (n×k, float64) and per task the left factor P_t of Y_t = P_t·M_t: (Uᵀ B_t, A_t) or (Uᵀ, τ_t).
+
+    X = [τ_1 | … | τ_T] = U Σ [V_1ᵀ | … | V_Tᵀ]; Y_t = Σ V_tᵀ = Uᵀ τ_t, i.e. (Uᵀ B_t)·A_t for LoRA.
+    """
+    U, S = joint_column_svd(deltas)
+    U = U[:, S > SIGMA_FLOOR]
+    return U, [U.T @ d.B.to(SVD_DTYPE) if isinstance(d, LowRank) else U.T for d in deltas]
+
+
+def task_block(P: Tensor, d: Delta) -> Tensor:
+    """Y_t = P_t·M_t in COMPUTE_DTYPE (k × m)."""
+    M = d.A if isinstance(d, LowRank) else d
+    return (P @ M.to(SVD_DTYPE)).to(COMPUTE_DTYPE)
+
+
+class Knots(MergeMethod):
+    """Δ* = α·U·Ȳ, Ȳ = TIES (or DARE + sign election) of the per-task blocks Y_t = Uᵀτ_t.
+
+    U comes from the joint SVD of [τ_1 | … | τ_T] (exact in factor space; σ > 1e-5 kept), so the
+    output is a LowRank of rank ≤ Σ r_t. ``merge = ties``: per task, keep the entries of Y_t with
+    |y| ≥ the ⌊numel_t·k/100⌋-th largest |y| over all of that task's blocks in every layer
+    (computed in ``prepare``, stored in ``thresholds``), elect signs by the sum, disjoint mean.
+    ``merge = dare``: per task and entry drop with probability ``drop_rate`` and rescale survivors by
+    1/(1 − p) (the reference then runs TIES with top-k = 100 %), elect signs, disjoint mean.
+
+    Decisions where the spec is silent: numel_t counts only the matrices where τ_t ≠ 0 (the task's
+    targeted matrices, as our ``ties``); DARE masks are ``dare.drop_mask``'s (seeded by seed, task and
+    matrix key, so independent of merge order); ``drop_rate`` defaults to 0.5 like our ``dare`` method (the
+    reference configs tune it per model).
+    """
+
+    name = "knots"
+    description = "KnOTS: joint-SVD alignment of the task updates, then TIES or DARE on the aligned blocks."
+    params = (
+        Param("merge", "ties", "how the aligned per-task blocks are merged", ("ties", "dare")),
+        Param("k", 20.0, "ties: percent of each task's entries kept, over all layers together"),
+        Param("drop_rate", 0.5, "dare: drop probability p of each aligned entry"),
+        Param("seed", 0, "dare: seed of the drop masks"),
+        Param("alpha", 1.0, "scaling α of the merged update"),
+    )
+    lowrank = True
+
+    def validate(self) -> None:
+        if not 0.0 < self.k <= 100.0:
+            raise ValueError(f"knots: k must be in (0, 100], got {self.k}")
+        if not 0.0 <= self.drop_rate < 1.0:
+            raise ValueError(f"knots: drop_rate must be in [0, 1), got {self.drop_rate}")
+
+    def prepare(self, modules: ModuleStream) -> None:
+        if self.config["merge"] != "ties":
+            return
+        # One pass for the sizes and the small left factors (Σ r_t × Σ r_t per LoRA matrix); the two
+        # passes per task of kth_largest_abs then only multiply P_t by A_t. Dense inputs are not cached.
+        cache: dict[str, list[Tensor]] = {}
+        numel: list[int] | None = None
+        for key, deltas in modules():
+            shape_of(deltas, key)
+            if numel is None:
+                numel = [0] * len(deltas)
+            elif len(deltas) != len(numel):
+                raise ValueError(f"knots: matrix {key!r} has {len(deltas)} task vectors, expected {len(numel)}")
+            U, P = knots_basis(deltas if all_lowrank(deltas) else densify(deltas))
+            if all_lowrank(deltas):
+                cache[key] = P
+            for t, d in enumerate(deltas):
+                if not is_zero(d):
+                    numel[t] += U.shape[1] * d.shape[1]
+        if numel is None:
+            raise ValueError("knots: the module stream is empty; there is nothing to merge")
+
+        def blocks(t: int):
+            for key, deltas in modules():
+                if is_zero(deltas[t]):
+                    continue
+                if key in cache:
+                    yield from matrix_chunks(task_block(cache[key][t], deltas[t]))
+                else:
+                    dense_deltas = densify(deltas)
+                    yield from matrix_chunks(task_block(knots_basis(dense_deltas)[1][t], dense_deltas[t]))
+
+        self.thresholds = [kth_largest_abs(lambda t=t: blocks(t), percent_count(n, self.k))
+                           for t, n in enumerate(numel)]
+
+    def merge(self, deltas: list[Delta], key: str) -> Delta:
+        shape = shape_of(deltas, key)
+        lowrank = all_lowrank(deltas)
+        if not lowrank:
+            deltas = densify(deltas)
+        if self.config["merge"] == "ties":
+            thresholds = self.__dict__.get("thresholds")
+            if thresholds is None:
+                raise ValueError("knots (merge=ties): call prepare() on the module stream before merge()")
+            if len(thresholds) != len(deltas):
+                raise ValueError(f"knots: matrix {key!r} has {len(deltas)} task vectors, prepare() saw {len(thresholds)}")
+        U, P = knots_basis(deltas)
+        if U.shape[1] == 0:
+            return zero_like(shape, lowrank, device_of(deltas[0]))
+        Y = torch.stack([task_block(p, d) for p, d in zip(P, deltas)])
+        if self.config["merge"] == "ties":
+            thr = torch.tensor(thresholds, dtype=COMPUTE_DTYPE, device=Y.device)[:, None, None]
+            Y = torch.where(Y.abs() >= thr, Y, torch.zeros_like(Y))
+        else:
+            dropped = torch.stack([drop_mask(Y.shape[1:], self.drop_rate, self.seed, t, key)
+                                   for t in range(Y.shape[0])]).to(Y.device)
+            Y = torch.where(dropped, torch.zeros_like(Y), Y / (1.0 - self.drop_rate))
+        Ybar = disjoint_mean(Y, elect_sign(Y))
+        return output(self.alpha * U, Ybar, lowrank)

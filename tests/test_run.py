@@ -1,0 +1,129 @@
+"""The run pipeline end to end on a micro backbone built in the test (micro Llama, 3 tasks, trained
+micro adapters): the table, normalized scores against a hand computation, caching and resume."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from micro_suite import build_micro_suite
+
+from merge_bench import run as run_mod
+from merge_bench.backbones import get_backbone
+from merge_bench.run import RunConfig, pick_tasks, results_table, run_benchmark
+
+
+@pytest.fixture(scope="module")
+def micro_backbone(micro_llama, tmp_path_factory):
+    return build_micro_suite(tmp_path_factory.mktemp("micro_suite"), micro_llama)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MERGE_BENCH_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def count_evaluations(monkeypatch) -> list:
+    from merge_bench.evaluate import HFEvaluator
+
+    calls = []
+    original = HFEvaluator.evaluate
+
+    def counting(self, shorts):
+        calls.append(tuple(shorts))
+        return original(self, shorts)
+
+    monkeypatch.setattr(HFEvaluator, "evaluate", counting)
+    return calls
+
+
+def test_run_end_to_end_and_resume(micro_backbone, cache, tmp_path, monkeypatch, capsys):
+    calls = count_evaluations(monkeypatch)
+    cfg = RunConfig(backbone="micro", methods=["simple_avg", "task_arithmetic"], out=tmp_path / "runs")
+
+    # A run killed while evaluating the second method: everything before it is cached.
+    real_merge = run_mod._merge
+
+    def dying_merge(method, *args, **kwargs):
+        if method.name == "task_arithmetic":
+            raise KeyboardInterrupt
+        return real_merge(method, *args, **kwargs)
+
+    monkeypatch.setattr(run_mod, "_merge", dying_merge)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(cfg, backbone=micro_backbone, progress=False)
+    first_calls = list(calls)
+    assert len(first_calls) == 3 + 3 + 3  # pretrained on 3 tasks, 3 LoRAs on their own task, simple_avg on 3
+
+    monkeypatch.setattr(run_mod, "_merge", real_merge)
+    calls.clear()
+    record = run_benchmark(cfg, backbone=micro_backbone, progress=False)
+    assert calls == [("color",), ("animal",), ("answer",)]  # only the method that had not run
+
+    tasks = ["color", "animal", "answer"]
+    assert record["config"]["tasks"] == tasks
+    lora = record["lora"]["scores"]
+    assert all(lora[t] > 50 for t in tasks), lora  # the micro adapters learned their answers
+    assert all(record["pretrained"]["scores"][t] == 0 for t in tasks)
+    for key, m in record["methods"].items():
+        hand = sum(100 * m["scores"][t] / lora[t] for t in tasks) / 3
+        assert m["normalized"] == pytest.approx(hand)
+        assert m["merged_sha256"]
+
+    # The printed table has the rows and columns a user reads.
+    table = results_table(record)
+    lines = table.splitlines()
+    assert lines[0].split() == ["model", *tasks, "Avg.", "Normalized"]
+    assert [l.split()[0] for l in lines[2:]] == ["pretrained", "LoRA", "simple_avg", "task_arithmetic"]
+    assert table in capsys.readouterr().out
+
+    # The record on disk reloads and equals what was returned.
+    saved = sorted((tmp_path / "runs").glob("micro-*.json"))
+    assert json.loads(saved[-1].read_text()) == json.loads(json.dumps(record))
+
+    # A full rerun evaluates nothing and gives the same scores.
+    calls.clear()
+    again = run_benchmark(cfg, backbone=micro_backbone, progress=False)
+    assert calls == []
+    assert again["methods"] == record["methods"] and again["lora"] == record["lora"]
+
+
+def test_param_override_is_its_own_row(micro_backbone, cache, tmp_path):
+    cfg = RunConfig(backbone="micro", methods=["task_arithmetic"], params={"task_arithmetic": {"lam": "1.0"}},
+                    out=tmp_path / "runs", tasks=["color"])
+    record = run_benchmark(cfg, backbone=micro_backbone, progress=False)
+    assert list(record["methods"]) == ["task_arithmetic[lam=1.0]"]
+    assert record["methods"]["task_arithmetic[lam=1.0]"]["params"] == {"lam": 1.0}
+
+
+def test_task_pick_is_deterministic():
+    bb = get_backbone("mistral")
+    first = pick_tasks(bb, 12, None, 42)
+    assert first == pick_tasks(bb, 12, None, 42)
+    assert len(set(first)) == 12 and set(first) <= set(bb.pickable_tasks)
+    assert "qasc" not in bb.pickable_tasks and "answerable" not in bb.pickable_tasks
+    assert pick_tasks(bb, 12, None, 7) != first  # another seed, another set
+    assert first == [t for t in bb.tasks if t in first]  # listed in the backbone's order
+
+
+@pytest.mark.parametrize("cfg, message", [
+    (dict(tasks=["nope"]), "valid tasks: ethos"),
+    (dict(n_tasks=99), "--n-tasks must be between 1 and 18"),
+])
+def test_bad_task_choices(cfg, message):
+    with pytest.raises(ValueError, match=message):
+        pick_tasks(get_backbone("mistral"), cfg.get("n_tasks"), cfg.get("tasks"), 42)
+
+
+def test_unknown_names_list_valid_ones(capsys):
+    from merge_bench.cli import main
+
+    assert main(["run", "--backbone", "gpt5"]) == 2
+    assert "valid backbones: flan-t5-large, llama-3.2-3b-instruct" in capsys.readouterr().err
+    assert main(["run", "--backbone", "mistral", "--methods", "magic"]) == 2
+    assert "unknown method 'magic'; valid methods:" in capsys.readouterr().err
+    assert main(["run", "--backbone", "mistral", "--tasks", "ethos,nope"]) == 2
+    assert "unknown task(s) ['nope'] for backbone mistral-7b-instruct-v0.2; valid tasks:" in capsys.readouterr().err
+    assert main(["run", "--param", "star"]) == 2
+    assert "expected method.key=value" in capsys.readouterr().err
