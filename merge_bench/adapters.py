@@ -103,7 +103,7 @@ class BaseModel:
         the model's base prefix (old GPT-2 files say ``h.0...`` for ``transformer.h.0...``)."""
         if name in self.store:
             return name
-        head, _, rest = name.partition(".")
+        _, _, rest = name.partition(".")
         return rest if rest and rest in self.store else None
 
     def shape(self, name: str) -> tuple[int, ...] | None:
@@ -155,6 +155,12 @@ class LoraAdapter:
                     f"adapter {self.path}: uses {what} ({option}={self.config[option]!r} in adapter_config.json), "
                     "which merge-bench does not support: only plain LoRA (W + s·B·A) can be merged"
                 )
+        init = self.config.get("init_lora_weights")
+        if isinstance(init, str) and init.lower().startswith(("pissa", "olora", "corda", "loftq")):
+            raise ValueError(
+                f"adapter {self.path}: initialised with {init!r}, which also changes the base weights; convert it "
+                "to a plain LoRA first (PEFT's save_pretrained(path_initial_model_for_weight_conversion=...))"
+            )
         if self.config.get("bias", "none") != "none":
             raise ValueError(f"adapter {self.path}: trains biases (bias={self.config['bias']!r}); only bias='none' is supported")
 
@@ -281,7 +287,7 @@ class FullCheckpoint:
         for key in list(self.shapes):
             if self.base.shape(key) != self.shapes[key]:
                 continue  # reported by the plan's shape check, with both shapes
-            if torch.equal(self.store.get(key), self.base.get(key)):
+            if torch.equal(self.store.get(key).to(COMPUTE_DTYPE), self.base.get(key).to(COMPUTE_DTYPE)):
                 del self.shapes[key]
 
     def restrict(self, targets: list[str] | None) -> None:

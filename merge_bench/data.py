@@ -47,7 +47,7 @@ TEST_SPLIT = "test"  # the one split name load_task_docs returns; the YAMLs say 
 MB_FIELDS = ("mb_id", "mb_golds", "mb_target", "mb_labels")
 
 Row = dict[str, Any]
-Fetch = Callable[[str, "str | None", str], list[Row]]
+Fetch = Callable[[str, "str | None", str, "str | None"], list[Row]]
 
 
 def mirror_file(root: Path, dataset_path: str, name: str | None, split: str) -> Path:
@@ -240,11 +240,11 @@ def export_mirror(suite: str | None, to_dir: Path, fetch: Fetch | None = None) -
     from .tasks import list_tasks
 
     fetch = fetch or hub_split
-    wanted = sorted({(t.dataset, t.config, t.split) for t in list_tasks(suite)
-                     if not t.dataset.startswith(EMBEDDED_PREFIX)}, key=lambda s: (s[0], s[1] or "", s[2]))
+    wanted = {(t.dataset, t.config, t.split): t.revision for t in list_tasks(suite)
+              if not t.dataset.startswith(EMBEDDED_PREFIX)}
     written = []
-    for dataset_path, name, split in wanted:
+    for (dataset_path, name, split), revision in sorted(wanted.items(), key=lambda kv: str(kv[0])):
         target = mirror_file(Path(to_dir), dataset_path, name, split)
         log.info("exporting %s (%s, %s) to %s", dataset_path, name or "default", split, target)
-        written.append(write_jsonl(target, fetch(dataset_path, name, split)))
+        written.append(write_jsonl(target, fetch(dataset_path, name, split, revision)))
     return written

@@ -9,9 +9,9 @@ is freed once written; otherwise they are collected into ``MergeResult.deltas``.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Future, ThreadPoolExecutor
 import platform
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -40,7 +40,8 @@ class InputRecord:
     so reading ``sha256``/``files`` may wait for it.
     """
 
-    path: str
+    path: str  # as given: a directory or a hub id
+    resolved: str  # the directory read (for a hub id, the snapshot folder named by its commit)
     kind: str  # "lora" or "full"
     digest: Future = field(repr=False, compare=False)
 
@@ -97,17 +98,22 @@ class MergeResult:
 
     def apply_to(self, model: torch.nn.Module) -> "AppliedMerge":
         """Add Δ into ``model``'s weights in place (W ← cast(float32(W) + Δ)); the handle restores
-        the exact original weights (kept on the CPU meanwhile)."""
-        targets = [(key, find_parameter(model, key), delta) for key, delta in self.deltas.items()]
+        the exact original weights (kept on the CPU meanwhile).
+
+        A streamed result is consumed here matrix by matrix, so a dense merge of a large model
+        never holds more than one merged matrix besides the model.
+        """
         originals: list[tuple[torch.nn.Parameter, Tensor]] = []
         try:
             with torch.no_grad():
-                for key, param, delta in targets:
+                for key, delta in self.items():
+                    param = find_parameter(model, key)
                     if tuple(param.shape) != tuple(self.shapes[key]):
                         raise ValueError(f"model parameter {key} has shape {tuple(param.shape)}; "
                                          f"the merge is for {tuple(self.shapes[key])}")
                     originals.append((param, param.detach().to("cpu", copy=True)))
                     update = _dense_on(delta, param.device)
+                    del delta
                     param.copy_((param.to(COMPUTE_DTYPE) + update).to(param.dtype))
         except BaseException:
             AppliedMerge(originals).restore()
@@ -204,7 +210,7 @@ def merge(method: MethodSpec, adapters: Sequence[Union[str, Path]], *, params: M
     base_model = base if isinstance(base, BaseModel) or base is None else BaseModel(base)
     the_plan = plan([open_input(a, base_model, targets) for a in adapters], base_model)
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-bench-hash")
-    records = [InputRecord(s.spec, s.kind, hasher.submit(sha256_files, s.path, s.files)) for s in the_plan.inputs]
+    records = [InputRecord(s.spec, str(s.path), s.kind, hasher.submit(sha256_files, s.path, s.files)) for s in the_plan.inputs]
     hasher.shutdown(wait=False)
     is_lowrank = bool(instance.lowrank) and all(s.kind == "lora" for s in the_plan.inputs)
     result = MergeResult(

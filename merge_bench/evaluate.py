@@ -48,25 +48,14 @@ def sample_ids_sha256(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()
 
 
-def task_manager(extra_dirs: tuple[Path, ...] = ()):
-    from lm_eval.tasks import TaskManager
-
-    from .tasks import tasks_dir
-
-    paths = [str(tasks_dir())] + [str(p) for p in extra_dirs]
-    return TaskManager(include_path=paths, include_defaults=False, verbosity="ERROR")
-
-
 def describe_tasks(backbone: Backbone, shorts: list[str], manager, limit: int | None) -> dict[str, TaskInfo]:
     """Build each task once (lm-eval loads and samples its documents) and hash what will be scored."""
-    from lm_eval.tasks import get_task_dict
-
     names = {backbone.lm_eval_task(s): s for s in shorts}
     unknown = sorted(n for n in names if n not in manager.all_tasks)
     if unknown:
         raise ValueError(f"no lm-eval task named {unknown} under {manager.include_path}")
     infos = {}
-    for name, task in get_task_dict(list(names), manager).items():
+    for name, task in manager.load(list(names))["tasks"].items():
         docs = list(task.eval_docs)
         if limit is not None:
             docs = docs[:limit]

@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 # What a hub snapshot needs for merging: configs, weights and the tokenizer files a full checkpoint copies.
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+# (Not "*.safetensors": some repos also hold a second, consolidated copy of the weights.)
+HUB_PATTERNS = ["*.json", "model*.safetensors", "adapter_model.safetensors", "*.model", "*.txt", "*.jinja",
+                "*.tiktoken"]
+HUB_PICKLED = ["pytorch_model*.bin", "adapter_model.bin"]
 
 # safetensors dtype codes (the format's spec), for the streaming writer and header-only shape reads.
 ST_DTYPES: dict[torch.dtype, str] = {
@@ -59,7 +62,7 @@ def resolve_dir(spec: str | os.PathLike, what: str = "model") -> Path:
         local = Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=HUB_PATTERNS))
         if not any(local.glob("*.safetensors")):  # an older repo that only has pickled weights
             local = Path(snapshot_download(repo_id, revision=revision or None,
-                                           allow_patterns=HUB_PATTERNS + ["*.bin"]))
+                                           allow_patterns=HUB_PATTERNS + HUB_PICKLED))
     except Exception as err:  # hub errors have many types; all mean "cannot get it"
         raise FileNotFoundError(
             f"{what} {text} is not a local directory and could not be fetched from the Hugging Face hub: {err}"
@@ -76,19 +79,15 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def sha256_files(root: Path, files: list[Path]) -> tuple[str, dict[str, str]]:
-    """(stable hash of the set, per-file hashes keyed by path relative to root)."""
-    per_file = {str(Path(f).resolve().relative_to(root.resolve()) if _inside(f, root) else Path(f).name):
-                sha256_file(Path(f)) for f in files}
+    """(stable hash of the set, per-file hashes keyed by path relative to root).
+
+    Paths are taken lexically (a hub snapshot's files are symlinks into its blob store)."""
+    per_file = {}
+    for f in map(Path, files):
+        name = f.relative_to(root).as_posix() if f.is_relative_to(root) else f.name
+        per_file[name] = sha256_file(f)
     lines = "".join(f"{name}\t{per_file[name]}\n" for name in sorted(per_file))
     return hashlib.sha256(lines.encode()).hexdigest(), dict(sorted(per_file.items()))
-
-
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        Path(path).resolve().relative_to(root.resolve())
-        return True
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -111,8 +110,8 @@ class TensorStore:
 
     @classmethod
     def open(cls, directory: Path, stem: str = "model") -> "TensorStore":
-        """Open the weights in ``directory``: ``<stem>.safetensors``, ``<stem>.safetensors.index.json``,
-        ``<stem>-*.safetensors``, else ``pytorch_<stem>.bin`` / its index (``stem`` = model or adapter_model)."""
+        """Open the weights in ``directory``: ``<stem>.safetensors.index.json``, ``<stem>.safetensors``,
+        ``<stem>-*.safetensors``; else the same for ``pytorch_<stem>.bin``."""
         files = _weight_files(directory, stem)
         if files and files[0].suffix == ".safetensors":
             return cls.from_safetensors(files)

@@ -112,7 +112,8 @@ def run_benchmark(cfg: RunConfig, *, backbone: Backbone | None = None, progress:
     base_sha = dir_sha256(base_dir)
     adapter_sha = {t: dir_sha256(d) for t, d in adapter_dirs.items()}
 
-    from .evaluate import describe_tasks, task_manager
+    from .evaluate import describe_tasks
+    from .tasks import task_manager
 
     manager = task_manager(bb.task_dirs)
     infos = describe_tasks(bb, tasks, manager, cfg.limit)
@@ -148,9 +149,11 @@ def run_benchmark(cfg: RunConfig, *, backbone: Backbone | None = None, progress:
         else:
             method = next(m for m in methods if f"merged:{m.key}" == name)
             result = _merge(method, [adapter_dirs[t] for t in tasks], base_dir, cfg)
-            extra["merged_sha256"] = result.sha256()
+            extra["merged_sha256"] = merged_sha256(result)
             if cfg.save_merged:
-                result.save(Path(cfg.out) / "merged" / method.key, base=base_dir, overwrite=True)
+                from .writers import write
+
+                write(result, Path(cfg.out) / "merged" / method.key, overwrite=True)
             context = evaluator.merged(result)
         with context:
             for t in pending[name]:  # one task at a time: each finished task is cached at once
@@ -212,6 +215,22 @@ def _merge(method: MethodRun, adapters: list[Path], base_dir: Path, cfg: RunConf
 
     return merge(method.spec, adapters, params=method.config, base=base_dir,
                  numerics=Numerics.from_names(cfg.device, "float32"))
+
+
+def merged_sha256(result) -> str:
+    """A hash of the merged deltas themselves (factors for low-rank results), in float32."""
+    import hashlib
+
+    import torch
+
+    from .delta import LowRank
+
+    h = hashlib.sha256()
+    for key, delta in sorted(result.deltas.items()):
+        h.update(key.encode())
+        for t in (delta.B, delta.A) if isinstance(delta, LowRank) else (delta,):
+            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def results_table(record: dict) -> str:

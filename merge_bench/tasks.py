@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 TASKS_DIR_ENV = "MERGE_BENCH_TASKS_DIR"
 # Suites evaluated with plain-text prompts; every other suite goes through the chat template.
@@ -33,6 +33,7 @@ class TaskInfo:
     config: str | None
     split: str
     holdout: str | None  # e.g. "10% holdout, seed 42": the test rows are a seeded holdout of ``split``
+    revision: str | None  # a pinned hub revision of the dataset, if the YAML names one
     sample: str  # the sampling spec: "all", "rand 200", "bal 400", "bal all"
     metric: str
     max_new_tokens: int
@@ -55,11 +56,11 @@ def tasks_dir() -> Path:
     return path
 
 
-def task_manager():
-    """lm-eval's TaskManager over our task folder only (no built-in tasks)."""
+def task_manager(extra_dirs: Sequence[Path] = ()):
+    """lm-eval's TaskManager over our task folder (plus ``extra_dirs``), without lm-eval's built-in tasks."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(tasks_dir()), include_defaults=False)
+    return TaskManager(include_path=[str(tasks_dir()), *map(str, extra_dirs)], include_defaults=False)
 
 
 def _info(name: str, cfg: dict[str, Any], yaml_path: Path) -> TaskInfo:
@@ -82,7 +83,7 @@ def _info(name: str, cfg: dict[str, Any], yaml_path: Path) -> TaskInfo:
     holdout = kwargs.get("holdout")
     return TaskInfo(
         name=name, suite=suite, short=short, dataset=kwargs["path"], config=kwargs.get("name"),
-        split=kwargs["split"],
+        split=kwargs["split"], revision=kwargs.get("revision"),
         holdout=f"{float(holdout['test_size']):.0%} holdout, seed {holdout['seed']}" if holdout else None,
         sample=str(kwargs.get("sample", "all")), metric=str(metrics[0]["metric"]),
         max_new_tokens=int((cfg.get("generation_kwargs") or {}).get("max_gen_toks", 0)),

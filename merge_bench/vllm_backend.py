@@ -59,13 +59,17 @@ class VLLMEvaluator:
 
     @contextmanager
     def merged(self, result) -> Iterator[None]:
+        from .delta import LowRank
+        from .writers import write
+
         out = self._tmp / f"merged-{next(self._ids)}"
-        if result.is_lowrank and result.rank <= self.max_lora_rank:
-            result.save(out, format="peft")
+        rank = max((d.rank for d in result.deltas.values() if isinstance(d, LowRank)), default=0)
+        if result.is_lowrank and rank <= self.max_lora_rank:
+            write(result, out, format="peft")
             with self._lora_request(out):
                 yield
         else:
-            result.save(out, base=self.base_dir, format="full")
+            write(result, out, format="full")
             self.lm = self._engine(out, enable_lora=False)
             try:
                 yield

@@ -99,8 +99,10 @@ def merge_config(result: MergeResult, report: WriteReport) -> dict[str, Any]:
     return {
         "method": result.method,
         "params": result.config,
-        "inputs": [{"path": i.path, "kind": i.kind, "sha256": i.sha256, "files": i.files} for i in result.inputs],
+        "inputs": [{"path": i.path, "resolved": i.resolved, "kind": i.kind, "sha256": i.sha256, "files": i.files}
+                   for i in result.inputs],
         "base": result.base,
+        "base_resolved": None if result.base_model is None else str(result.base_model.path),
         "targets": result.targets,
         "format": report.format,
         "dtype": dtype_name,
@@ -116,10 +118,10 @@ def merge_config(result: MergeResult, report: WriteReport) -> dict[str, Any]:
 def model_card(result: MergeResult, report: WriteReport) -> str:
     params = ", ".join(f"{k}={v!r}" for k, v in result.config.items()) or "defaults (none)"
     inputs = "\n".join(f"- `{i.path}` ({i.kind}, sha256 `{i.sha256[:16]}…`)" for i in result.inputs)
+    arch = ((result.base_model.config.get("architectures") or ["AutoModel"])[0] if result.base_model else "AutoModel")
     how = {
         "peft": "```python\nfrom peft import PeftModel\nmodel = PeftModel.from_pretrained(base_model, \"<this dir>\")\n```",
-        "full": "```python\nfrom transformers import AutoModel  # or the AutoModelFor* class of the base\n"
-                "model = AutoModel.from_pretrained(\"<this dir>\")\n```",
+        "full": f"```python\nfrom transformers import {arch}\nmodel = {arch}.from_pretrained(\"<this dir>\")\n```",
         "delta": "`delta.safetensors` holds Δ per base parameter name: add it to the base weights.",
     }[report.format]
     rank = f", rank {report.rank} (padded)" if report.rank else ""

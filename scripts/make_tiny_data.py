@@ -7,7 +7,7 @@ directory and compares with the committed files instead of writing.
 
 Design (from the prototype's measurements, shared/notes/embedded-suite.md):
 - six tasks with different answer vocabularies, so that merged adapters interfere: a 2-label sentiment
-  task decided by the closing sentence, 4 news topics, 3-way entailment, a yes/no lookup in a small table,
+  task decided by the closing sentence, 4 news topics, 3-way entailment, a yes/no lookup in a 3-row table,
   a span task (a name from the passage: who gave / who received) and a digit task (1-9: the digit that
   occurs twice; sums gave no signal after merging);
 - labels cycle while items are drawn, so every split is balanced to within one item per label;
@@ -128,13 +128,16 @@ def _nli(rng: random.Random, label: str) -> str:
     return f"Premise: {premise}\nHypothesis: {hyp}\nEntailment, neutral or contradiction?"
 
 
-# --- table: yes/no lookup in a 4-row table ----------------------------------------------------------------
+# --- table: yes/no lookup in a 3-row table ----------------------------------------------------------------
+TABLE_ROWS = 3
+
+
 def _table(rng: random.Random, label: str) -> str:
-    names = rng.sample(NAMES, 4)
-    cities = rng.sample(CITIES, 4)
-    ages = rng.sample(range(18, 70), 4)
+    names = rng.sample(NAMES, TABLE_ROWS)
+    cities = rng.sample(CITIES, TABLE_ROWS)
+    ages = rng.sample(range(18, 70), TABLE_ROWS)
     rows = "\n".join(f"{n} | {c} | {a}" for n, c, a in zip(names, cities, ages))
-    i = rng.randrange(4)
+    i = rng.randrange(TABLE_ROWS)
     if rng.random() < 0.5:
         if label == "yes":
             city = cities[i]

@@ -28,9 +28,11 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -97,6 +99,17 @@ def _collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str,
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens: the causal LM loss, with the 49152-way output layer applied
+    only where a label is set (a fifth of the step's compute otherwise goes to logits nobody trains on)."""
+    causal_lm = model.get_base_model()
+    hidden = causal_lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    keep = targets != -100
+    logits = causal_lm.lm_head(hidden[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+
+
 def load_base(base_dir: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -105,47 +118,57 @@ def load_base(base_dir: Path):
     return tok, model.eval()
 
 
-def _set_determinism(threads: int) -> None:
+@contextmanager
+def determinism(threads: int) -> Iterator[None]:
+    """A fixed thread count (CPU reductions split by thread) and deterministic kernels, restored afterwards."""
+    old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.use_deterministic_algorithms(old_det)
 
 
 def train_one(base_dir: Path, short: str, out_dir: Path, recipe: Recipe = RECIPE, steps: int | None = None,
-              data_dir: Path = DATA_DIR) -> dict:
+              data_dir: Path = DATA_DIR, log: bool = True) -> dict:
     """Train one task's adapter into ``out_dir`` (atomically); returns its training record."""
     from peft import LoraConfig, get_peft_model
 
     steps = recipe.steps if steps is None else steps
-    index = [t.short for t in TASKS].index(short)
-    seed = recipe.seed + index
-    _set_determinism(recipe.threads)
-    tok, base = load_base(base_dir)
-    examples = [encode_example(tok, r["input"], r["output"]) for r in rows(short, "train", data_dir)]
-    torch.manual_seed(seed)
-    config = LoraConfig(r=recipe.r, lora_alpha=recipe.alpha, target_modules=list(recipe.targets),
-                        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
-    model = get_peft_model(base, config)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / recipe.warmup, max(0.0, (steps - s) / max(1, steps - recipe.warmup))))
-    order_gen = torch.Generator().manual_seed(seed)
-    order: list[int] = []
-    losses: list[float] = []
-    start = time.perf_counter()
-    for _ in range(steps):
-        if len(order) < recipe.batch_size:
-            order += torch.randperm(len(examples), generator=order_gen).tolist()
-        batch, order = order[:recipe.batch_size], order[recipe.batch_size:]
-        loss = model(**_collate([examples[i] for i in batch], tok.pad_token_id)).loss
-        loss.backward()
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    seconds = time.perf_counter() - start
-    save_adapter(model, out_dir, recipe.save_dtype)
+    seed = recipe.seed + [t.short for t in TASKS].index(short)
+    with determinism(recipe.threads):
+        tok, base = load_base(base_dir)
+        examples = [encode_example(tok, r["input"], r["output"]) for r in rows(short, "train", data_dir)]
+        torch.manual_seed(seed)
+        config = LoraConfig(r=recipe.r, lora_alpha=recipe.alpha, target_modules=list(recipe.targets),
+                            lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+        model = get_peft_model(base, config)
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min((s + 1) / recipe.warmup, max(0.0, (steps - s) / max(1, steps - recipe.warmup))))
+        order_gen = torch.Generator().manual_seed(seed)
+        order: list[int] = []
+        losses: list[float] = []
+        start = time.perf_counter()
+        for step in range(steps):
+            if len(order) < recipe.batch_size:
+                order += torch.randperm(len(examples), generator=order_gen).tolist()
+            batch, order = order[:recipe.batch_size], order[recipe.batch_size:]
+            loss = answer_loss(model, _collate([examples[i] for i in batch], tok.pad_token_id))
+            loss.backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            if log and (step + 1) % 20 == 0:
+                print(f"  {short} step {step + 1}/{steps} loss {sum(losses[-20:]) / 20:.4f} "
+                      f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+        seconds = time.perf_counter() - start
+        save_adapter(model, out_dir, recipe.save_dtype)
     tail = losses[-10:]
     return {"task": short, "seed": seed, "steps": steps, "train_examples": len(examples),
             "train_seconds": round(seconds, 1), "loss_first": round(losses[0], 4),
@@ -266,7 +289,6 @@ def evaluate_all(base_dir: Path, adapters_dir: Path, shorts: list[str], limit: i
                  batch_size: int) -> dict:
     from peft import PeftModel
 
-    _set_determinism(RECIPE.threads)
     tok, base = load_base(base_dir)
     result: dict[str, dict[str, float]] = {"base": {}, "lora": {}, "simple_avg": {}}
     timing: dict[str, float] = {}
@@ -289,6 +311,10 @@ def evaluate_all(base_dir: Path, adapters_dir: Path, shorts: list[str], limit: i
     return {"accuracy": result, "limit": limit, "batch_size": batch_size, "max_new_tokens": MAX_NEW_TOKENS,
             **timing, "normalized_simple_avg": round(sum(
                 100 * result["simple_avg"][s] / result["lora"][s] for s in shorts) / len(shorts), 2)}
+
+
+def _recipe_json() -> dict:
+    return json.loads(json.dumps(asdict(RECIPE)))
 
 
 def _versions() -> dict[str, str]:
@@ -315,16 +341,19 @@ def main(argv: list[str] | None = None) -> int:
     base_dir = ensure_tiny_base()
     if args.command == "train":
         args.out.mkdir(parents=True, exist_ok=True)
-        records = []
-        for short in shorts:
-            records.append(train_one(base_dir, short, args.out / short, steps=args.steps))
-            print(json.dumps(records[-1]), flush=True)
-        write_text_atomic(args.out / "SHA256SUMS", sha256sums(args.out))
-        record = {"recipe": asdict(RECIPE), "tasks": records, "versions": _versions(),
-                  "base": str(base_dir.name), "machine": platform.machine()}
         path = args.record or args.out / "TRAINING.json"
+        previous = json.loads(path.read_text()) if path.is_file() else {}
+        # Training a subset keeps the other tasks' records, provided they came from the same recipe.
+        done = {t["task"]: t for t in previous.get("tasks", [])} if previous.get("recipe") == _recipe_json() else {}
+        for short in shorts:
+            done[short] = train_one(base_dir, short, args.out / short, steps=args.steps)
+            print(json.dumps(done[short]), flush=True)
+        write_text_atomic(args.out / "SHA256SUMS", sha256sums(args.out))
+        record = {"recipe": _recipe_json(), "tasks": [done[t.short] for t in TASKS if t.short in done],
+                  "versions": _versions(), "base": base_dir.name, "machine": platform.machine()}
     else:
-        record = evaluate_all(base_dir, args.out, shorts, args.limit, args.batch_size)
+        with determinism(RECIPE.threads):
+            record = evaluate_all(base_dir, args.out, shorts, args.limit, args.batch_size)
         path = args.record
     if path is not None:
         write_text_atomic(Path(path), json.dumps(record, indent=2) + "\n")

@@ -125,6 +125,11 @@ def test_unsupported_peft_options_are_rejected(micro_llama, micro_loras, tmp_pat
     (ia3 / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "IA3"}))
     with pytest.raises(ValueError, match="PEFT type IA3 is not supported"):
         LoraAdapter(ia3)
+    pissa = tmp_path / "pissa"
+    shutil.copytree(micro_loras[0], pissa)
+    (pissa / "adapter_config.json").write_text(json.dumps({**config, "init_lora_weights": "pissa_niter_4"}))
+    with pytest.raises(ValueError, match="also changes the base weights; convert it"):
+        LoraAdapter(pissa)
 
 
 def corrupt_copy(src: Path, dst: Path, edit) -> Path:
@@ -244,3 +249,33 @@ def test_shape_mismatches_name_input_module_and_shapes(micro_llama, micro_loras,
                                                                    for k in list(sd)])
     with pytest.raises(ValueError, match=r"module model.layers.0.ffn.gate_proj has no parameter .* in base"):
         plan([LoraAdapter(renamed)], BaseModel(micro_llama))
+
+
+def test_hub_id_resolves_from_the_local_cache(micro_loras, tmp_path, monkeypatch):
+    """A hub id goes through huggingface_hub.snapshot_download (offline here: the cache answers)."""
+    from huggingface_hub import constants
+
+    snapshot = tmp_path / "hub" / "models--someorg--task-lora" / "snapshots" / ("a" * 40)
+    shutil.copytree(micro_loras[0], snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    adapter = open_input("someorg/task-lora", None, None)
+    assert adapter.path == snapshot and adapter.spec == "someorg/task-lora"
+    reference = LoraAdapter(micro_loras[0])
+    key = next(iter(reference.shapes))
+    assert torch.equal(adapter.delta(key).dense(), reference.delta(key).dense())
+    with pytest.raises(FileNotFoundError, match="could not be fetched from the Hugging Face hub"):
+        open_input("someorg/not-cached", None, None)
+
+
+def test_finite_check_survives_an_overflowing_sum():
+    from merge_bench.io import check_finite
+
+    check_finite(torch.full((8,), 3e38), "f.safetensors", "big")  # the sum overflows; every value is finite
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        t = torch.ones(5, 3, dtype=torch.bfloat16)
+        t[2, 1] = bad
+        with pytest.raises(ValueError, match=r"f.safetensors: tensor 'x' has 1 NaN/Inf"):
+            check_finite(t, "f.safetensors", "x")

@@ -250,7 +250,7 @@ def test_merge_config_records_hashes(micro_llama, micro_loras, tmp_path):
     assert set(config["outputs"]) == {"adapter_config.json", "adapter_model.safetensors"}
     for record, path in zip(config["inputs"], micro_loras):
         digest, files = sha256_files(path, [path / "adapter_config.json", path / "adapter_model.safetensors"])
-        assert record == {"path": str(path), "kind": "lora", "sha256": digest, "files": files}
+        assert record == {"path": str(path), "resolved": str(path), "kind": "lora", "sha256": digest, "files": files}
     with safe_open(out / "adapter_model.safetensors", "pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
 
@@ -335,3 +335,70 @@ def test_fan_in_fan_out_outputs_gpt2(tmp_path):
     reference.set_adapter("avg")
     torch.testing.assert_close(via_peft, logits(causal_lm(tmp_path / "full")), rtol=0, atol=1e-4)
     torch.testing.assert_close(via_peft, logits(reference), rtol=0, atol=1e-4)
+
+
+def test_apply_to_consumes_a_streamed_result(micro_llama, micro_loras):
+    eager = engine_merge("simple_avg", [str(p) for p in micro_loras])
+    streamed = engine_merge("simple_avg", [str(p) for p in micro_loras], stream=True)
+    a, b = causal_lm(micro_llama), causal_lm(micro_llama)
+    reference = logits(a)
+    with eager.apply_to(a), streamed.apply_to(b):
+        torch.testing.assert_close(logits(a), logits(b), rtol=0, atol=0)
+        assert not torch.allclose(logits(a), reference)
+    assert torch.equal(logits(b), reference)
+    with pytest.raises(ValueError, match="already consumed"):
+        streamed.apply_to(b)
+
+
+def test_stream_writer_checks_the_plan(tmp_path):
+    from merge_bench.io import SafetensorsStreamWriter
+
+    entries = [("a", torch.float32, (2, 3)), ("b", torch.bfloat16, (4,))]
+    with SafetensorsStreamWriter(tmp_path / "x.safetensors", entries) as writer:
+        writer.write("a", torch.arange(6.0).reshape(2, 3))
+        with pytest.raises(ValueError, match=r"expected tensor b torch.bfloat16 \(4,\) next, got b torch.float32"):
+            writer.write("b", torch.ones(4))
+        writer.write("b", torch.ones(4, dtype=torch.bfloat16))
+    assert writer.sha256 == sha256_file(tmp_path / "x.safetensors")
+    sd = load_file(tmp_path / "x.safetensors")
+    assert torch.equal(sd["a"], torch.arange(6.0).reshape(2, 3)) and sd["b"].dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="wrote 1 of 2 planned tensors"):
+        with SafetensorsStreamWriter(tmp_path / "y.safetensors", entries) as writer:
+            writer.write("a", torch.zeros(2, 3))
+
+
+def test_seq2seq_t5_peft_and_full_agree(tmp_path):
+    """The flan-t5 layout: LoRA on SelfAttention/EncDecAttention q and v; both outputs give one model."""
+    from peft import PeftModel
+    from transformers import AutoModelForSeq2SeqLM, T5Config, T5ForConditionalGeneration
+
+    base = tmp_path / "t5"
+    torch.manual_seed(0)
+    T5ForConditionalGeneration(T5Config(vocab_size=400, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                        decoder_start_token_id=0)).save_pretrained(base)
+    from peft import LoraConfig, get_peft_model
+
+    loras = []
+    for i in range(2):  # micro.build_random_lora loads causal LMs only
+        model = get_peft_model(AutoModelForSeq2SeqLM.from_pretrained(base),
+                               LoraConfig(r=4, lora_alpha=8, target_modules=["q", "v"], task_type="SEQ_2_SEQ_LM"))
+        gen = torch.Generator().manual_seed(i)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_" in name:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+        model.save_pretrained(tmp_path / f"t{i}")
+        loras.append(str(tmp_path / f"t{i}"))
+    merge_bench.merge("simple_avg", loras, base=base, out=tmp_path / "peft")
+    merge_bench.merge("simple_avg", loras, base=base, out=tmp_path / "full", format="full")
+    assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["task_type"] == "SEQ_2_SEQ_LM"
+    assert "T5ForConditionalGeneration.from_pretrained" in (tmp_path / "full" / "README.md").read_text()
+
+    def t5_logits(model):
+        with torch.no_grad():
+            return model.eval()(input_ids=IDS, decoder_input_ids=IDS[:, :5]).logits
+
+    via_peft = t5_logits(PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(base), tmp_path / "peft"))
+    via_full = t5_logits(AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "full"))
+    assert (via_full - t5_logits(AutoModelForSeq2SeqLM.from_pretrained(base))).abs().max() > 1e-3
+    torch.testing.assert_close(via_peft, via_full, rtol=0, atol=1e-4)

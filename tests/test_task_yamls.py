@@ -199,7 +199,8 @@ def test_a_missing_mirror_file_names_the_expected_path(tmp_path, monkeypatch):
 def test_export_writes_the_mirror_layout_atomically(tmp_path):
     calls = []
 
-    def fetch(path, name, split):  # stands in for the hub: the fixture rows
+    def fetch(path, name, split, revision):  # stands in for the hub: the fixture rows
+        assert revision is None
         calls.append((path, name, split))
         return read_jsonl(mirror_file(FIXTURES, path, name, split))
 
@@ -211,6 +212,25 @@ def test_export_writes_the_mirror_layout_atomically(tmp_path):
         assert read_jsonl(out) == read_jsonl(mirror_file(FIXTURES, path, name, split))
     assert not list(tmp_path.rglob("*.tmp"))
     assert ("financial_phrasebank", "sentences_allagree", "train") in calls
+
+
+def test_without_a_mirror_rows_come_from_datasets_load_dataset(tmp_path, monkeypatch):
+    import datasets
+
+    # a local dataset folder stands in for a hub repository: the same load_dataset call reads it
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    source = FIXTURES / "Lots-of-LoRAs/task190_snli_classification/default/test.jsonl"
+    (repo / "test.jsonl").write_text(source.read_text())
+    monkeypatch.delenv("MERGE_BENCH_DATA_DIR", raising=False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    assert load_split(str(repo), None, "test") == read_jsonl(source)
+
+
+def test_missing_task_folder_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("MERGE_BENCH_TASKS_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        tasks_dir()
 
 
 def test_cli_lists_a_suite_and_rejects_an_unknown_one(capsys):

