@@ -14,7 +14,7 @@ COMMANDS = ("merge", "methods", "tasks", "data", "run", "leaderboard", "submit",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="merge-bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="merge-bench", description="Merge LoRA experts and benchmark merge methods.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         try:

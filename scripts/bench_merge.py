@@ -10,6 +10,10 @@ that method's own peak) through ``merge_bench.merge`` including writing the outp
 The timed region is the ``merge_bench.merge`` call: reading and hashing the inputs, the merge, the
 write and the output hashes (not the Python/torch start-up).
 
+Each worker runs with ``--threads`` torch threads (default 1) and ``OMP_WAIT_POLICY=PASSIVE``: on
+the shared 2-core dev box, multi-threaded kernels on small factor-space matrices wait on descheduled
+threads (measured under load: tsv 2.2×, drm 1.3× slower with 2 threads). ``--threads 0`` keeps torch's.
+
 A naive dense baseline (STAR the textbook way: dense τ_t = s·B·A, full SVD per matrix, truncate,
 renormalize, average) runs on ``--naive-layers`` layers and ``--naive-tasks`` tasks and is scaled
 linearly to all layers and tasks; the table shows its ratio to the engine's ``star``.
@@ -79,7 +83,7 @@ def worker(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     result = merge_bench.merge(args.method, [str(p) for p in sorted(Path(args.workdir, "adapters").iterdir())],
                                out=out, format="peft" if cls.lowrank else "delta", device=args.device,
-                               dtype=args.dtype)
+                               dtype=args.dtype, threads=args.threads or None)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -100,6 +104,8 @@ def naive_worker(args: argparse.Namespace) -> dict:
     from safetensors import safe_open
 
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     adapters = sorted(Path(args.workdir, "adapters").iterdir())[: args.naive_tasks]
     scale = 2.0  # alpha / r of the built adapters
     start = time.perf_counter()
@@ -156,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive-layers", type=int, default=1, help="layers the naive baseline runs on (0: skip)")
     parser.add_argument("--naive-tasks", type=int, default=None,
                         help="tasks the naive baseline runs on (default: 1 on cpu, all on cuda)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per method (default 1: fastest on a shared, busy CPU; 0 = torch's default)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per method")
     parser.add_argument("--workdir", default=None, help="where adapters and outputs go (default: a temp dir)")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
@@ -171,7 +179,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     import torch
-    from tabulate import tabulate
 
     from merge_bench.methods import available_methods
 
@@ -188,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.n} adapters, {args.layers} layers × q/k/v, rank {args.rank} in {workdir} "
               f"({time.perf_counter() - t0:.1f} s to build)", flush=True)
         common = ["--worker", "--workdir", str(workdir), "--layers", str(args.layers), "--n", str(args.n),
-                  "--dtype", args.dtype]
+                  "--dtype", args.dtype, "--threads", str(args.threads)]
         rows = []
         for device in devices:
             for method in methods:
@@ -230,7 +237,7 @@ def render(rows: list[dict], args: argparse.Namespace) -> str:
         table.append([r["method"], r["space"], r["device"], f"{r['seconds']:.2f}", f"{r['peak_rss_mb']:.0f}",
                       "" if r.get("output_mb") is None else f"{r['output_mb']:.0f}", note, ok])
     header = (f"{args.n} adapters × {args.layers} layers × q/k/v (Mistral-7B shapes), rank {args.rank}; "
-              f"time includes reading, merging and writing")
+              f"threads {args.threads or 'default'}; time includes reading, merging and writing")
     return header + "\n" + tabulate(table, headers=["method", "space", "device", "seconds", "peak RSS MB",
                                                     "output MB", "output / note", "CPU target met"])
 

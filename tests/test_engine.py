@@ -402,3 +402,29 @@ def test_seq2seq_t5_peft_and_full_agree(tmp_path):
     via_full = t5_logits(AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "full"))
     assert (via_full - t5_logits(AutoModelForSeq2SeqLM.from_pretrained(base))).abs().max() > 1e-3
     torch.testing.assert_close(via_peft, via_full, rtol=0, atol=1e-4)
+
+
+def test_threads_are_capped_during_the_merge_and_restored(micro_loras, tmp_path):
+    plugin = tmp_path / "threads_probe.py"
+    plugin.write_text(textwrap.dedent('''
+        import torch
+        from merge_bench.delta import concat
+        from merge_bench.methods import MergeMethod
+
+        class Probe(MergeMethod):
+            name = "probe"
+            description = "the sum scaled by torch's thread count during merge"
+            lowrank = True
+            def merge(self, deltas, key):
+                return concat(deltas, [float(torch.get_num_threads())] * len(deltas))
+    '''))
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    result = merge_bench.merge(f"{plugin}:Probe", [str(p) for p in micro_loras], threads=target)
+    plain = merge_bench.merge("task_arithmetic", [str(p) for p in micro_loras], params={"lam": 1.0})
+    for key in plain.keys:
+        torch.testing.assert_close(result.deltas[key].dense(), target * plain.deltas[key].dense())
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        merge_bench.merge("simple_avg", [str(micro_loras[0])], threads=0)
+    assert torch.get_num_threads() == before

@@ -28,7 +28,7 @@ def run(args) -> int:
     start = time.perf_counter()
     result = merge(args.method, args.adapters, params=params, base=args.base, out=args.out, format=args.format,
                    device=args.device, dtype=args.dtype, overwrite=args.overwrite, targets=args.targets,
-                   progress=True)
+                   progress=True, threads=args.threads)
     report = result.output
     kind = f"low-rank, rank {report.rank}" if report.rank else ("low-rank" if result.is_lowrank else "dense")
     print(f"merged {len(result.inputs)} inputs with {result.method}: {len(result.shapes)} matrices ({kind}); "
@@ -52,6 +52,8 @@ def register(sub) -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="dtype of the stored result (maths run in float32)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads for the merge (default: torch's; 1 is fastest on a busy shared CPU)")
     p.add_argument("--targets", nargs="+", metavar="MODULE",
                    help="module name suffixes to merge, e.g. q_proj v_proj or q,v (default: all targeted)")
     p.set_defaults(func=run)

@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..backbones import DEFAULT_BACKBONE
-from ..run import RunConfig, run_benchmark
+from .. import run as pipeline
+from ..run import RunConfig
 
 
 def parse_method_params(items: list[str]) -> dict[str, dict[str, str]]:
@@ -47,7 +48,7 @@ def config_from_args(args, methods: list[str] | None) -> RunConfig:
 
 
 def run(args) -> int:
-    run_benchmark(config_from_args(args, split_list(args.methods)))
+    pipeline.run_benchmark(config_from_args(args, split_list(args.methods)))
     return 0
 
 

@@ -1,12 +1,12 @@
 """Run record (``merge-bench run``) → leaderboard entries, one per method of the run."""
 from __future__ import annotations
 
-import hashlib
 import math
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..io import sha256_file
 from ..methods import BUILTIN, load_method_file
 from ..scores import normalized as normalized_score
 from .schema import Entry, TaskInfo, seal
@@ -25,15 +25,11 @@ def _get(record: Mapping[str, Any], *keys: str, where: str = "run record") -> An
     return node
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def plugin_file_info(spec: str) -> tuple[str, dict[str, Any]]:
     """(method name, MethodInfo fields) for a ``path/file.py:Class`` plugin, pinned by sha256."""
     cls = load_method_file(spec)
     path = Path(spec.rpartition(":")[0])
-    return cls.name, {"source": "file", "plugin_spec": spec, "plugin_sha256": file_sha256(path)}
+    return cls.name, {"source": "file", "plugin_spec": spec, "plugin_sha256": sha256_file(path)}
 
 
 def _method_source(name: str, item: Mapping[str, Any], plugins: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
@@ -48,7 +44,7 @@ def _method_source(name: str, item: Mapping[str, Any], plugins: Mapping[str, dic
         if not path.is_file():
             raise ValueError(f"run record: method {name!r} came from {spec!r}, "
                              f"but {path} is not there to pin its sha256")
-        return {"source": "file", "plugin_spec": spec, "plugin_sha256": file_sha256(path)}
+        return {"source": "file", "plugin_spec": spec, "plugin_sha256": sha256_file(path)}
     if name in {cls.name for cls in BUILTIN}:
         return {"source": "builtin"}
     for ep in entry_points(group="merge_bench.methods"):

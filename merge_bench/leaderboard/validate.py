@@ -16,7 +16,8 @@ from pydantic import ValidationError
 
 from ..methods import available_methods
 from ..scores import normalized as normalized_score
-from .convert import NORMALIZED_TOLERANCE, file_sha256
+from ..io import sha256_file
+from .convert import NORMALIZED_TOLERANCE
 from .schema import Entry, content_sha256
 from .store import entry_files, entry_relpath, task_set_id
 
@@ -61,9 +62,9 @@ def _method_problems(path: Path, entry: Entry, plugin_base: Path | None) -> list
         spec_file = Path(method.plugin_spec.rpartition(":")[0])  # type: ignore[union-attr]
         candidates = [spec_file] if spec_file.is_absolute() else [p / spec_file for p in (Path.cwd(), plugin_base) if p]
         for candidate in candidates:
-            if candidate.is_file() and file_sha256(candidate) != method.plugin_sha256:
+            if candidate.is_file() and sha256_file(candidate) != method.plugin_sha256:
                 out.append(Problem(path, "method.plugin_sha256", f"plugin file {candidate} has sha256 "
-                                   f"{file_sha256(candidate)}, the entry was made with {method.plugin_sha256}"))
+                                   f"{sha256_file(candidate)}, the entry was made with {method.plugin_sha256}"))
                 break
         return out
     declared = {p.name: p for p in cls.params}
