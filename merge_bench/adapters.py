@@ -31,7 +31,9 @@ from .numerics import COMPUTE_DTYPE
 
 log = logging.getLogger(__name__)
 
-LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+?)\.lora_(?P<which>[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
+LORA_KEY = re.compile(
+    r"^(?:base_model\.model\.)?(?P<module>.+?)\.lora_(?P<which>[AB])(?:\.(?P<adapter>[^.]+))?\.weight$"
+)
 
 # LoraConfig options that change the forward pass beyond W + s·B·A: merging them as plain LoRA would be wrong.
 UNSUPPORTED_OPTIONS = {
@@ -148,7 +150,8 @@ class LoraAdapter:
     def _check_config(self) -> None:
         peft_type = str(self.config.get("peft_type", "LORA")).upper()
         if peft_type != "LORA":
-            raise ValueError(f"adapter {self.path}: PEFT type {peft_type} is not supported; only LoRA adapters can be merged")
+            raise ValueError(f"adapter {self.path}: PEFT type {peft_type} is not supported; "
+                             "only LoRA adapters can be merged")
         for option, what in UNSUPPORTED_OPTIONS.items():
             if self.config.get(option):
                 raise ValueError(
@@ -162,7 +165,8 @@ class LoraAdapter:
                 "to a plain LoRA first (PEFT's save_pretrained(path_initial_model_for_weight_conversion=...))"
             )
         if self.config.get("bias", "none") != "none":
-            raise ValueError(f"adapter {self.path}: trains biases (bias={self.config['bias']!r}); only bias='none' is supported")
+            raise ValueError(f"adapter {self.path}: trains biases (bias={self.config['bias']!r}); "
+                             "only bias='none' is supported")
 
     def _weights_file(self) -> Path:
         for name in ("adapter_model.safetensors", "adapter_model.bin"):
@@ -195,7 +199,8 @@ class LoraAdapter:
             check_finite(tensor, self.weights_file, name)
             parts.setdefault(match["module"], {})[match["which"]] = tensor
         if len(adapter_names) > 1:
-            raise ValueError(f"{self.weights_file}: holds several adapters {sorted(map(str, adapter_names))}; expected one")
+            raise ValueError(f"{self.weights_file}: holds several adapters {sorted(map(str, adapter_names))}; "
+                             "expected one")
         if not parts:
             raise ValueError(f"{self.weights_file}: no LoRA tensors (lora_A/lora_B) found")
         r_default, alpha_default = self.config.get("r", 8), self.config.get("lora_alpha", 8)
@@ -203,7 +208,8 @@ class LoraAdapter:
         alpha_pattern = self.config.get("alpha_pattern") or {}
         for module, ab in parts.items():
             if set(ab) != {"A", "B"}:
-                raise ValueError(f"{self.weights_file}: module {module} has lora_{''.join(ab)} but not both lora_A and lora_B")
+                raise ValueError(f"{self.weights_file}: module {module} has lora_{''.join(ab)} "
+                                 "but not both lora_A and lora_B")
             A, B = ab["A"], ab["B"]
             r = pattern_value(rank_pattern, module, r_default)
             alpha = pattern_value(alpha_pattern, module, alpha_default)
@@ -254,7 +260,8 @@ class FullCheckpoint:
         self.spec = str(spec)
         self.path = resolve_dir(spec, "checkpoint")
         if base is None:
-            raise ValueError(f"{self.path} is a full checkpoint: its task vector θ_ft − θ_0 needs the base model (--base)")
+            raise ValueError(f"{self.path} is a full checkpoint: its task vector θ_ft − θ_0 needs the base model "
+                             "(--base)")
         self.base = base
         self.store = TensorStore.open(self.path)
         self.fan_in_fan_out = False
@@ -264,7 +271,8 @@ class FullCheckpoint:
         for key in candidates:
             if base.file_key(key) is None:
                 if targets:
-                    raise ValueError(f"checkpoint {self.path}: targeted weight {key} has no counterpart in base {base.path}")
+                    raise ValueError(f"checkpoint {self.path}: targeted weight {key} has no counterpart "
+                                     f"in base {base.path}")
                 log.info("checkpoint %s: %s is not in the base (a tied alias?); skipped", self.path, key)
                 continue
             self.shapes[key] = self.store.shape(key)  # type: ignore[assignment]
@@ -276,7 +284,8 @@ class FullCheckpoint:
 
     @property
     def files(self) -> list[Path]:
-        return [self.path / "config.json", *self.store.files] if (self.path / "config.json").is_file() else self.store.files
+        config = self.path / "config.json"
+        return [config, *self.store.files] if config.is_file() else self.store.files
 
     @property
     def name(self) -> str:

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from .io import atomic_write_text, sha256_file
+
+
+def cache_root() -> Path:
+    """``$MERGE_BENCH_CACHE``, default ``~/.cache/merge-bench``: converted models, results, micro builds."""
+    return Path(os.environ.get("MERGE_BENCH_CACHE", Path.home() / ".cache" / "merge-bench"))
 
 
 def content_hash(obj: Any) -> str:

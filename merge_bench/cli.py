@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 COMMANDS = ("merge", "methods", "tasks", "data", "run", "leaderboard", "submit", "check")
@@ -28,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Idle OpenMP threads spin by default; on a small shared CPU that costs up to 10× (measured in
+    # scripts/bench_merge.py). Must be set before torch is first imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

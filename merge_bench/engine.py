@@ -235,7 +235,8 @@ def merge(method: MethodSpec, adapters: Sequence[Union[str, Path]], *, params: M
     with torch_threads(threads):
         the_plan = plan([open_input(a, base_model, targets) for a in adapters], base_model)
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-bench-hash")
-    records = [InputRecord(s.spec, str(s.path), s.kind, hasher.submit(sha256_files, s.path, s.files)) for s in the_plan.inputs]
+    records = [InputRecord(s.spec, str(s.path), s.kind, hasher.submit(sha256_files, s.path, s.files))
+               for s in the_plan.inputs]
     hasher.shutdown(wait=False)
     is_lowrank = bool(instance.lowrank) and all(s.kind == "lora" for s in the_plan.inputs)
     result = MergeResult(

@@ -6,7 +6,6 @@ Merges happen in memory and are swapped into the one loaded base model.
 """
 from __future__ import annotations
 
-import os
 import random
 import sys
 from contextlib import nullcontext
@@ -20,7 +19,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .backbones import Backbone, get_backbone, resolve
-from .cache import ResultCache, content_hash, dir_sha256, write_json_atomic
+from .cache import ResultCache, cache_root, content_hash, dir_sha256, write_json_atomic
 from .methods import available_methods, get_method
 from .provenance import git_commit, hardware, versions
 from .scores import normalized
@@ -44,10 +43,6 @@ class RunConfig:
     out: Path = Path("runs")
     save_merged: bool = False
     batch_size: int | None = None
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("MERGE_BENCH_CACHE", Path.home() / ".cache" / "merge-bench"))
 
 
 def pick_tasks(backbone: Backbone, n_tasks: int | None, tasks: list[str] | None, seed: int) -> list[str]:

@@ -120,7 +120,8 @@ def model_card(result: MergeResult, report: WriteReport) -> str:
     inputs = "\n".join(f"- `{i.path}` ({i.kind}, sha256 `{i.sha256[:16]}…`)" for i in result.inputs)
     arch = ((result.base_model.config.get("architectures") or ["AutoModel"])[0] if result.base_model else "AutoModel")
     how = {
-        "peft": "```python\nfrom peft import PeftModel\nmodel = PeftModel.from_pretrained(base_model, \"<this dir>\")\n```",
+        "peft": "```python\nfrom peft import PeftModel\n"
+                "model = PeftModel.from_pretrained(base_model, \"<this dir>\")\n```",
         "full": f"```python\nfrom transformers import {arch}\nmodel = {arch}.from_pretrained(\"<this dir>\")\n```",
         "delta": "`delta.safetensors` holds Δ per base parameter name: add it to the base weights.",
     }[report.format]
@@ -168,7 +169,8 @@ def _write_peft(result: MergeResult, tmp: Path, report: WriteReport) -> int:
         # PEFT's Δ is s·B·A (out × in); with fan_in_fan_out the weight is in × out and Δ = (s·B·A)ᵀ.
         B, A = (d.A.T, d.B.T) if result.fan_in_fan_out else (d.B, d.A)
         prefix = f"base_model.model.{module_of(key)}"
-        entries += [(f"{prefix}.lora_A.weight", dtype, (r, A.shape[1])), (f"{prefix}.lora_B.weight", dtype, (B.shape[0], r))]
+        entries += [(f"{prefix}.lora_A.weight", dtype, (r, A.shape[1])),
+                    (f"{prefix}.lora_B.weight", dtype, (B.shape[0], r))]
         padded.append((A, B))
     # Streamed (one padded matrix at a time, hashed while written) rather than one big dict.
     with SafetensorsStreamWriter(tmp / "adapter_model.safetensors", entries) as writer:

@@ -231,9 +231,12 @@ def render(rows: list[dict], args: argparse.Namespace) -> str:
         naive = r["method"].startswith("naive")
         ok = "" if naive or r["device"] != "cpu" else (
             "yes" if r["seconds"] <= limit and r["peak_rss_mb"] <= TARGET_RSS_MB else "NO")
-        note = (f"{r['seconds'] / star[r['device']]:.0f}× star (scaled ×{r['scaled_by']:.0f} from "
-                f"{r['measured_seconds']:.1f} s)" if naive and r["device"] in star else
-                (f"scaled ×{r['scaled_by']:.0f}" if naive else f"{r['format']}" + (f" r={r['rank']}" if r.get("rank") else "")))
+        if naive:
+            note = f"scaled ×{r['scaled_by']:.0f} from {r['measured_seconds']:.1f} s"
+            if r["device"] in star:
+                note = f"{r['seconds'] / star[r['device']]:.0f}× star ({note})"
+        else:
+            note = r["format"] + (f" r={r['rank']}" if r.get("rank") else "")
         table.append([r["method"], r["space"], r["device"], f"{r['seconds']:.2f}", f"{r['peak_rss_mb']:.0f}",
                       "" if r.get("output_mb") is None else f"{r['output_mb']:.0f}", note, ok])
     header = (f"{args.n} adapters × {args.layers} layers × q/k/v (Mistral-7B shapes), rank {args.rank}; "

@@ -7,7 +7,7 @@ directory and compares with the committed files instead of writing.
 
 Design (from the prototype's measurements, shared/notes/embedded-suite.md):
 - six tasks with different answer vocabularies, so that merged adapters interfere: a 2-label sentiment
-  task decided by the closing sentence, 4 news topics, 3-way entailment, a yes/no lookup in a 3-row table,
+  task decided by the closing sentence, 4 news topics, 3-way entailment, a yes/no lookup in a 3-row table (question first),
   a span task (a name from the passage: who gave / who received) and a digit task (1-9: the digit that
   occurs twice; sums gave no signal after merging);
 - labels cycle while items are drawn, so every split is balanced to within one item per label;
@@ -152,7 +152,9 @@ def _table(rng: random.Random, label: str) -> str:
             age = rng.choice([a for j, a in enumerate(ages) if j != i] if rng.random() < 0.5
                              else [a for a in range(18, 70) if a not in ages])
         question = f"Is {names[i]} {age} years old?"
-    return f"Table (name | city | age):\n{rows}\n{question} Answer yes or no."
+    # The question comes first: reading the rows already knowing what is asked is a much easier circuit for
+    # a causal LM than binding name and value across the table afterwards (question-last: a LoRA stays at chance).
+    return f"{question}\nTable (name | city | age):\n{rows}\nAnswer yes or no."
 
 
 # --- giver: a name span from one sentence ----------------------------------------------------------------

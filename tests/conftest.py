@@ -1,5 +1,4 @@
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -8,9 +7,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).parent))
-
-from micro import build_micro_llama, build_random_lora  # noqa: E402
+from merge_bench.micro import build_micro_llama, build_random_lora  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from micro import build_random_lora
+from merge_bench.micro import build_random_lora
 from safetensors.torch import load_file, save_file
 
 from merge_bench.adapters import BaseModel, FullCheckpoint, LoraAdapter, open_input, pattern_value, plan
@@ -161,8 +161,8 @@ def test_bad_adapter_files_name_the_problem(micro_loras, tmp_path):
     path = corrupt_copy(micro_loras[0], tmp_path / "rank", wrong_rank)
     with pytest.raises(ValueError, match="configured rank r=4"):
         LoraAdapter(path)
-    path = corrupt_copy(micro_loras[0], tmp_path / "emb",
-                        lambda sd: sd.update({"base_model.model.model.embed_tokens.lora_embedding_A": torch.ones(4, 9)}))
+    embedding = {"base_model.model.model.embed_tokens.lora_embedding_A": torch.ones(4, 9)}
+    path = corrupt_copy(micro_loras[0], tmp_path / "emb", lambda sd: sd.update(embedding))
     with pytest.raises(ValueError, match="embedding layers is not supported"):
         LoraAdapter(path)
     truncated = tmp_path / "trunc"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from micro import build_random_lora
+from merge_bench.micro import build_random_lora
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -171,9 +171,11 @@ def test_bad_inputs_exit_nonzero_and_leave_nothing(micro_llama, micro_loras, tmp
         (["--method", "no_such_method", "--adapters", *good], "unknown method 'no_such_method'; valid methods:"),
         (["--method", "task_arithmetic", "--param", "lambda=0.3", "--adapters", *good],
          "has no parameter 'lambda'; its parameters are ['lam']"),
-        (["--method", "task_arithmetic", "--param", "lam", "--adapters", *good], "bad --param 'lam': expected key=value"),
+        (["--method", "task_arithmetic", "--param", "lam", "--adapters", *good],
+         "bad --param 'lam': expected key=value"),
         (["--method", "task_arithmetic", "--param", "lam=big", "--adapters", *good], "cannot read 'big' as float"),
-        (["--method", f"{plugin}:FailsLate", "--adapters", *good], "deliberate failure at model.layers.1.self_attn.q_proj"),
+        (["--method", f"{plugin}:FailsLate", "--adapters", *good],
+         "deliberate failure at model.layers.1.self_attn.q_proj"),
         (["--method", "task_arithmetic", "--format", "full", "--adapters", *good], "needs the base model (--base)"),
         (["--adapters", *good, str(micro_llama)], "is a full checkpoint: its task vector θ_ft − θ_0 needs the base"),
     ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from micro_suite import build_micro_suite
+from merge_bench.micro import build_micro_suite
 
 from merge_bench.leaderboard import entries_from_record, run_check, submit, validate_leaderboard, write_entry
 from merge_bench.run import RunConfig, run_benchmark

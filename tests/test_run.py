@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from micro_suite import build_micro_suite
+from merge_bench.micro import build_micro_suite
 
 from merge_bench import run as run_mod
 from merge_bench.backbones import get_backbone

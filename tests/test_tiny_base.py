@@ -15,7 +15,7 @@ import torch
 from merge_bench.backbones import tiny
 from merge_bench.backbones.tiny import MANIFEST, ensure_tiny_base, sha256_file
 
-from micro import CHAT_TEMPLATE, build_tokenizer
+from merge_bench.micro import CHAT_TEMPLATE, build_tokenizer
 
 LAYERS, HIDDEN, FFN, HEADS, KV = 2, 64, 128, 4, 2
 

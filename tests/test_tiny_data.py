@@ -115,9 +115,9 @@ def test_digit_answers_occur_exactly_twice():
 def test_table_answers_follow_the_table():
     for r in _all("table"):
         lines = r["input"].split("\n")
-        table = {n: (c, a) for n, c, a in (line.split(" | ") for line in lines[1:-1])}
-        assert len(table) == gen.TABLE_ROWS
-        q = lines[-1]
+        table = {n: (c, a) for n, c, a in (line.split(" | ") for line in lines[2:-1])}
+        assert len(table) == gen.TABLE_ROWS and lines[-1] == "Answer yes or no."
+        q = lines[0]
         if m := re.match(r"Does (\w+) live in (\w+)\?", q):
             truth = table[m.group(1)][0] == m.group(2)
         else:

@@ -107,8 +107,17 @@ def _tiny() -> Backbone:
                     eval=EvalDefaults(backend="hf", batch_size=32, max_length=1024, dtype="float32"))
 
 
+def _micro() -> Backbone:
+    # A 2-layer Llama with three constant-answer tasks, built in seconds: smoke tests and demos only.
+    from ..cache import cache_root
+    from ..micro import micro_backbone
+
+    return micro_backbone(cache_root() / "micro-v1")
+
+
 BUILDERS: dict[str, Callable[[], Backbone]] = {
     "flan-t5-large": _flan, "llama-3.2-3b-instruct": _llama, "mistral-7b-instruct-v0.2": _mistral, "tiny": _tiny,
+    "micro": _micro,
 }
 ALIASES = {"llama": "llama-3.2-3b-instruct", "mistral": "mistral-7b-instruct-v0.2", "flan": "flan-t5-large"}
 DEFAULT_BACKBONE = "tiny"

@@ -40,7 +40,8 @@ def run(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("merge", help="merge LoRA adapters or fine-tuned checkpoints with one method",
                        description="Merge task adapters into one model and write it atomically.")
-    p.add_argument("--method", required=True, help="a registered method (see `merge-bench methods`) or path/file.py:Class")
+    p.add_argument("--method", required=True,
+                   help="a registered method (see `merge-bench methods`) or path/file.py:Class")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="a method hyperparameter (repeatable)")
     p.add_argument("--adapters", nargs="+", required=True, metavar="DIR",
                    help="PEFT LoRA directories, full fine-tuned checkpoints, or hub ids")
