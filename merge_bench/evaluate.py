@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +21,17 @@ import torch
 from .backbones import Backbone
 
 log = logging.getLogger(__name__)
+
+
+class _DropCustomDatasetNotice(logging.Filter):
+    """lm-eval warns, at every load of a task with a ``custom_dataset`` hook (all the embedded tasks), that
+    kwargs can be passed through ``--metadata``: advice for its own CLI, printed 6 times per model."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Custom kwargs can be passed" not in record.getMessage()
+
+
+_QUIET = _DropCustomDatasetNotice()
 
 
 @dataclass(frozen=True)
@@ -108,7 +120,9 @@ class HFEvaluator:
         """The base with one PEFT adapter injected (PEFT computes it, independently of our engine)."""
         from peft import PeftModel
 
-        peft_model = PeftModel.from_pretrained(self.model, str(adapter_dir))
+        with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5: noise in every run
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            peft_model = PeftModel.from_pretrained(self.model, str(adapter_dir))
         try:
             yield
         finally:
@@ -133,6 +147,9 @@ def run_lm_eval(lm, backbone: Backbone, shorts: list[str], manager, limit: int |
     """One ``simple_evaluate`` call on an lm-eval LM; each task's primary metric on the 0–100 scale."""
     from lm_eval import simple_evaluate
 
+    task_log = logging.getLogger("lm_eval.api.task")
+    if _QUIET not in task_log.filters:
+        task_log.addFilter(_QUIET)
     names = [backbone.lm_eval_task(s) for s in shorts]
     out = simple_evaluate(
         model=lm, tasks=names, task_manager=manager, limit=limit, apply_chat_template=backbone.chat_template,

@@ -29,9 +29,19 @@ def hardware(device: str) -> dict[str, Any]:
 
 
 def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
+    """HEAD of the source checkout, with ``+dirty`` when the package's files differ from it (a result
+    must not claim a commit whose code did not produce it); None outside a git checkout."""
+    here = Path(__file__).parent
+
+    def git(*args: str) -> subprocess.CompletedProcess | None:
+        try:
+            return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    head = git("rev-parse", "HEAD")
+    if head is None or head.returncode != 0 or not head.stdout.strip():
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    status = git("status", "--porcelain", "--untracked-files=no", "--", str(here))
+    dirty = status is not None and status.returncode == 0 and status.stdout.strip() != ""
+    return head.stdout.strip() + ("+dirty" if dirty else "")

@@ -43,6 +43,7 @@ class RunConfig:
     out: Path = Path("runs")
     save_merged: bool = False
     batch_size: int | None = None
+    cache_dir: Path | None = None  # result cache; None = $MERGE_BENCH_CACHE/results (check passes a fresh one)
 
 
 def pick_tasks(backbone: Backbone, n_tasks: int | None, tasks: list[str] | None, seed: int) -> list[str]:
@@ -112,13 +113,20 @@ def run_benchmark(cfg: RunConfig, *, backbone: Backbone | None = None, progress:
 
     manager = task_manager(bb.task_dirs)
     infos = describe_tasks(bb, tasks, manager, cfg.limit)
-    cache = ResultCache(cache_root() / "results")
+    cache = ResultCache(cfg.cache_dir or cache_root() / "results")
+
+    # The evaluation stack is part of a result's identity: an upgrade of any of these, or another batch size
+    # (padding changes the numerics), evaluates again instead of reading back a stale score.
+    stack = {k: v for k, v in versions().items() if k in ("torch", "transformers", "peft", "lm_eval")}
+    if cfg.backend == "vllm":
+        stack["vllm"] = versions()["vllm"]
 
     def key(variant: dict, task: str) -> dict:
         info = infos[task]
         return {"protocol": PROTOCOL, "base": base_sha, "variant": variant, "backend": cfg.backend,
                 "task": info.lm_eval_task, "task_version": info.version, "task_config": info.yaml_sha256,
-                "sample_ids": info.sample_ids_sha256, "limit": cfg.limit, "device_kind": cfg.device.split(":")[0]}
+                "sample_ids": info.sample_ids_sha256, "limit": cfg.limit, "device_kind": cfg.device.split(":")[0],
+                "batch_size": cfg.batch_size or bb.eval.batch_size, "stack": stack}
 
     merged_inputs = [{"task": t, "sha256": adapter_sha[t]} for t in tasks]
     jobs: list[tuple[str, dict, list[str]]] = [("pretrained", {"kind": "pretrained"}, tasks)]
@@ -168,7 +176,7 @@ def run_benchmark(cfg: RunConfig, *, backbone: Backbone | None = None, progress:
         "merge_bench": {"version": __version__, "git_commit": git_commit()},
         "versions": versions(),
         "hardware": hardware(cfg.device),
-        "config": {**{k: v for k, v in asdict(cfg).items() if k not in ("out", "n_tasks", "save_merged")},
+        "config": {**{k: v for k, v in asdict(cfg).items() if k not in ("out", "n_tasks", "save_merged", "cache_dir")},
                    "backbone": bb.name, "tasks": tasks, "methods": [m.spec for m in methods]},
         "backbone": {"name": bb.name, "base_id": bb.base_id, "base_revision": bb.base_revision,
                      "base_sha256": base_sha},

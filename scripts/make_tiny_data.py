@@ -7,7 +7,7 @@ directory and compares with the committed files instead of writing.
 
 Design (from the prototype's measurements, shared/notes/embedded-suite.md):
 - six tasks with different answer vocabularies, so that merged adapters interfere: a 2-label sentiment
-  task decided by the closing sentence, 4 news topics, 3-way entailment, a yes/no lookup in a 3-row table (question first),
+  task decided by the closing sentence, 4 news topics, 3-way entailment, a yes/no membership check on a 3-row table,
   a span task (a name from the passage: who gave / who received) and a digit task (1-9: the digit that
   occurs twice; sums gave no signal after merging);
 - labels cycle while items are drawn, so every split is balanced to within one item per label;
@@ -128,33 +128,33 @@ def _nli(rng: random.Random, label: str) -> str:
     return f"Premise: {premise}\nHypothesis: {hyp}\nEntailment, neutral or contradiction?"
 
 
-# --- table: yes/no lookup in a 3-row table ----------------------------------------------------------------
+# --- table: does any row hold this value? -----------------------------------------------------------------
 TABLE_ROWS = 3
+_AGES = range(18, 70)
 
 
 def _table(rng: random.Random, label: str) -> str:
+    """A membership check on one column of a 3-row table. The "no" values are of the right kind and close
+    to the table's (another city, an age within 5 years of a listed one, another name). A pilot showed that
+    checking a (name, value) pair, which binds two cells of one row, stays at chance for a 135M model with
+    a LoRA at this training budget, in either question position; membership is learnt."""
     names = rng.sample(NAMES, TABLE_ROWS)
     cities = rng.sample(CITIES, TABLE_ROWS)
-    ages = rng.sample(range(18, 70), TABLE_ROWS)
+    ages = rng.sample(_AGES, TABLE_ROWS)
     rows = "\n".join(f"{n} | {c} | {a}" for n, c, a in zip(names, cities, ages))
-    i = rng.randrange(TABLE_ROWS)
-    if rng.random() < 0.5:
-        if label == "yes":
-            city = cities[i]
-        else:  # half the wrong cities are in the table (another row's), half are not
-            city = rng.choice([c for j, c in enumerate(cities) if j != i] if rng.random() < 0.5
-                              else [c for c in CITIES if c not in cities])
-        question = f"Does {names[i]} live in {city}?"
+    column = rng.randrange(3)
+    yes = label == "yes"
+    if column == 0:
+        city = rng.choice(cities) if yes else rng.choice([c for c in CITIES if c not in cities])
+        question = f"Does anyone live in {city}?"
+    elif column == 1:
+        near = sorted({a + d for a in ages for d in (-5, -4, -3, -2, -1, 1, 2, 3, 4, 5)} - set(ages))
+        age = rng.choice(ages) if yes else rng.choice([a for a in near if a in _AGES])
+        question = f"Is anyone {age} years old?"
     else:
-        if label == "yes":
-            age = ages[i]
-        else:
-            age = rng.choice([a for j, a in enumerate(ages) if j != i] if rng.random() < 0.5
-                             else [a for a in range(18, 70) if a not in ages])
-        question = f"Is {names[i]} {age} years old?"
-    # The question comes first: reading the rows already knowing what is asked is a much easier circuit for
-    # a causal LM than binding name and value across the table afterwards (question-last: a LoRA stays at chance).
-    return f"{question}\nTable (name | city | age):\n{rows}\nAnswer yes or no."
+        name = rng.choice(names) if yes else rng.choice([n for n in NAMES if n not in names])
+        question = f"Is anyone called {name}?"
+    return f"Table (name | city | age):\n{rows}\n{question} Answer yes or no."
 
 
 # --- giver: a name span from one sentence ----------------------------------------------------------------

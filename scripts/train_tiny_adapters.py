@@ -1,8 +1,11 @@
 #!/usr/bin/env python
-"""Train the embedded ``tiny`` suite's LoRA adapters (one per task) and measure them.
+"""Train the embedded ``tiny`` suite's LoRA adapters (one per task).
 
-    train_tiny_adapters.py train [--tasks a,b] [--out adapters/tiny]    # train, save, write SHA256SUMS
-    train_tiny_adapters.py eval  [--adapters adapters/tiny] [--limit N] # base / LoRA / simple-average accuracy
+    train_tiny_adapters.py [--tasks a,b] [--out adapters/tiny]   # train, save, write SHA256SUMS + TRAINING.json
+
+Measure them with the product itself: ``merge-bench run --methods simple_avg`` evaluates the pretrained
+base, each adapter on its task and their simple average through lm-eval (the acceptance numbers in the
+README come from that run).
 
 One recipe for every adapter (``RECIPE``). Decisions where the brief was silent:
 - Prompts are rendered exactly as lm-eval's HF model renders them with ``apply_chat_template=True``: the row's
@@ -14,19 +17,15 @@ One recipe for every adapter (``RECIPE``). Decisions where the brief was silent:
   share their random LoRA-A initialisation, as independently trained experts would not.
 - A plain PyTorch loop (AdamW, linear warm-up then linear decay, no dropout), float32, a fixed thread
   count and ``torch.use_deterministic_algorithms``: the same seed and thread count give the same bytes.
-- Adapters are stored in bfloat16 (half the size; the merge maths upcasts to float32), and every
-  evaluation here reads the stored files, so the numbers describe what is shipped.
+- Adapters are stored in bfloat16 (half the size; the merge maths upcasts to float32); every evaluation
+  reads the stored files, so the numbers describe what is shipped.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -41,6 +40,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from make_tiny_data import DEFAULT_OUT as DATA_DIR  # noqa: E402
 from make_tiny_data import TASK_BY_SHORT, TASKS, relpath  # noqa: E402
 
+from merge_bench.io import atomic_dir, atomic_write_text, sha256_file  # noqa: E402
+
 ADAPTERS_DIR = ROOT / "adapters" / "tiny"
 BASE_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # recorded in adapter_config.json instead of a local path
 MAX_NEW_TOKENS = 8  # the task YAMLs' max_gen_toks
@@ -51,12 +52,12 @@ class Recipe:
     r: int = 4
     alpha: int = 8
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    lr: float = 1e-3
+    lr: float = 2e-3
     steps: int = 120
     warmup: int = 10
     batch_size: int = 8
     seed: int = 1234
-    threads: int = 2
+    threads: int = 1  # bytes depend on the thread count; one thread reproduces on any machine
     save_dtype: str = "bfloat16"
 
 
@@ -131,12 +132,12 @@ def determinism(threads: int) -> Iterator[None]:
         torch.use_deterministic_algorithms(old_det)
 
 
-def train_one(base_dir: Path, short: str, out_dir: Path, recipe: Recipe = RECIPE, steps: int | None = None,
+def train_one(base_dir: Path, short: str, out_dir: Path, recipe: Recipe = RECIPE,
               data_dir: Path = DATA_DIR, log: bool = True) -> dict:
     """Train one task's adapter into ``out_dir`` (atomically); returns its training record."""
     from peft import LoraConfig, get_peft_model
 
-    steps = recipe.steps if steps is None else steps
+    steps = recipe.steps
     seed = recipe.seed + [t.short for t in TASKS].index(short)
     with determinism(recipe.threads):
         tok, base = load_base(base_dir)
@@ -179,138 +180,30 @@ def train_one(base_dir: Path, short: str, out_dir: Path, recipe: Recipe = RECIPE
 
 def save_adapter(model, out_dir: Path, dtype: str) -> None:
     """adapter_config.json + adapter_model.safetensors only, weights cast to ``dtype``, written atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(Path(out_dir), overwrite=True) as tmp:
         model.save_pretrained(tmp)
         path = tmp / "adapter_model.safetensors"
-        from safetensors.torch import load_file
-
         tensors = {k: v.to(getattr(torch, dtype)).contiguous() for k, v in sorted(load_file(path).items())}
         save_file(tensors, path, metadata={"format": "pt"})
         cfg = json.loads((tmp / "adapter_config.json").read_text())
         cfg["base_model_name_or_path"] = BASE_MODEL_ID
+        if isinstance(cfg.get("target_modules"), list):  # PEFT saves a set, in hash-seed order: pin it
+            cfg["target_modules"] = sorted(cfg["target_modules"])
         (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         for extra in tmp.iterdir():
             if extra.name not in ("adapter_config.json", "adapter_model.safetensors"):
                 extra.unlink()  # PEFT's README.md model card names this machine's paths
         tmp.chmod(0o755)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def sha256sums(adapters_dir: Path) -> str:
     lines = []
     for path in sorted(Path(adapters_dir).glob("*/adapter_*")):
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = sha256_file(path)
         lines.append(f"{digest}  {path.relative_to(adapters_dir).as_posix()}\n")
     return "".join(lines)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
-# ---- evaluation ---------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def generate(model, tok, texts: list[str], batch_size: int = 32, max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
-    """Greedy generations, batched by prompt length (longest first, as lm-eval does), in input order."""
-    prompts = [encode_prompt(tok, render_prompt(tok, t)) for t in texts]
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    outputs: list[str] = [""] * len(texts)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        width = max(len(prompts[i]) for i in idx)
-        ids = torch.full((len(idx), width), tok.pad_token_id)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):  # left padding
-            ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
-            mask[row, width - len(prompts[i]):] = 1
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        for row, i in enumerate(idx):
-            outputs[i] = tok.decode(out[row, width:], skip_special_tokens=True)
-    return outputs
-
-
-def accuracy(model, tok, short: str, limit: int | None = None, batch_size: int = 32) -> float:
-    from merge_bench.scoring import match_label
-
-    test = rows(short, "test")[:limit]
-    labels = TASK_BY_SHORT[short].labels
-    outs = generate(model, tok, [r["input"] for r in test], batch_size)
-    return sum(match_label(o, labels) == r["output"] for o, r in zip(outs, test)) / len(test)
-
-
-def lora_deltas(adapter_dir: Path) -> dict[str, torch.Tensor]:
-    """Dense scale·B·A per base weight name, in float32, from a stored adapter."""
-    from safetensors.torch import load_file
-
-    cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
-    if cfg.get("use_rslora"):
-        raise ValueError(f"{adapter_dir}: rsLoRA adapters are not produced by this script")
-    scale = cfg["lora_alpha"] / cfg["r"]
-    weights = load_file(Path(adapter_dir) / "adapter_model.safetensors")
-    deltas = {}
-    for key, a in weights.items():
-        if ".lora_A." not in key:
-            continue
-        b = weights[key.replace(".lora_A.", ".lora_B.")]
-        name = key.removeprefix("base_model.model.").replace(".lora_A.weight", ".weight")
-        deltas[name] = scale * b.float() @ a.float()
-    return deltas
-
-
-def apply_mean_delta(model, adapter_dirs: list[Path]) -> None:
-    """Add the simple average of the adapters' dense deltas to ``model``'s weights in place."""
-    params = dict(model.named_parameters())
-    total: dict[str, torch.Tensor] = {}
-    for d in adapter_dirs:
-        for name, delta in lora_deltas(d).items():
-            total[name] = total.get(name, 0) + delta
-    with torch.no_grad():
-        for name, delta in total.items():
-            params[name].add_(delta / len(adapter_dirs))
-
-
-def evaluate_all(base_dir: Path, adapters_dir: Path, shorts: list[str], limit: int | None,
-                 batch_size: int) -> dict:
-    from peft import PeftModel
-
-    tok, base = load_base(base_dir)
-    result: dict[str, dict[str, float]] = {"base": {}, "lora": {}, "simple_avg": {}}
-    timing: dict[str, float] = {}
-    n_items = 0
-    start = time.perf_counter()
-    for short in shorts:
-        result["base"][short] = accuracy(base, tok, short, limit, batch_size)
-        n_items += len(rows(short, "test")[:limit])
-        print(f"base {short}: {result['base'][short]:.3f}", flush=True)
-    timing["base_items_per_s"] = round(n_items / (time.perf_counter() - start), 2)
-    for short in shorts:
-        model = PeftModel.from_pretrained(base, adapters_dir / short).eval()
-        result["lora"][short] = accuracy(model, tok, short, limit, batch_size)
-        base = model.unload()
-        print(f"lora {short}: {result['lora'][short]:.3f}", flush=True)
-    apply_mean_delta(base, [adapters_dir / s for s in shorts])
-    for short in shorts:
-        result["simple_avg"][short] = accuracy(base, tok, short, limit, batch_size)
-        print(f"simple_avg {short}: {result['simple_avg'][short]:.3f}", flush=True)
-    return {"accuracy": result, "limit": limit, "batch_size": batch_size, "max_new_tokens": MAX_NEW_TOKENS,
-            **timing, "normalized_simple_avg": round(sum(
-                100 * result["simple_avg"][s] / result["lora"][s] for s in shorts) / len(shorts), 2)}
 
 
 def _recipe_json() -> dict:
@@ -326,37 +219,29 @@ def main(argv: list[str] | None = None) -> int:
     from merge_bench.backbones.tiny import ensure_tiny_base
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("command", choices=("train", "eval"))
     ap.add_argument("--tasks", default=",".join(t.short for t in TASKS))
-    ap.add_argument("--out", "--adapters", dest="out", type=Path, default=ADAPTERS_DIR)
-    ap.add_argument("--steps", type=int, default=None, help=f"override the recipe's {RECIPE.steps} steps")
-    ap.add_argument("--limit", type=int, default=None, help="eval: first N test items per task")
-    ap.add_argument("--batch-size", type=int, default=32, help="eval batch size")
-    ap.add_argument("--record", type=Path, default=None, help="where to write the JSON record")
+    ap.add_argument("--out", type=Path, default=ADAPTERS_DIR)
     args = ap.parse_args(argv)
     shorts = [s for s in args.tasks.split(",") if s]
     unknown = sorted(set(shorts) - set(TASK_BY_SHORT))
     if unknown:
         raise SystemExit(f"unknown task(s) {unknown}; valid: {', '.join(TASK_BY_SHORT)}")
     base_dir = ensure_tiny_base()
-    if args.command == "train":
-        args.out.mkdir(parents=True, exist_ok=True)
-        path = args.record or args.out / "TRAINING.json"
-        previous = json.loads(path.read_text()) if path.is_file() else {}
-        # Training a subset keeps the other tasks' records, provided they came from the same recipe.
-        done = {t["task"]: t for t in previous.get("tasks", [])} if previous.get("recipe") == _recipe_json() else {}
-        for short in shorts:
-            done[short] = train_one(base_dir, short, args.out / short, steps=args.steps)
-            print(json.dumps(done[short]), flush=True)
-        write_text_atomic(args.out / "SHA256SUMS", sha256sums(args.out))
-        record = {"recipe": _recipe_json(), "tasks": [done[t.short] for t in TASKS if t.short in done],
-                  "versions": _versions(), "base": base_dir.name, "machine": platform.machine()}
-    else:
-        with determinism(RECIPE.threads):
-            record = evaluate_all(base_dir, args.out, shorts, args.limit, args.batch_size)
-        path = args.record
-    if path is not None:
-        write_text_atomic(Path(path), json.dumps(record, indent=2) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    trained = {}
+    for short in shorts:
+        trained[short] = train_one(base_dir, short, args.out / short)
+        print(json.dumps(trained[short]), flush=True)
+    # Training a subset keeps the other tasks' records, provided they came from the same recipe. Read after
+    # training, so that processes training disjoint subsets in parallel all land in the record.
+    path = args.out / "TRAINING.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    done = {t["task"]: t for t in previous.get("tasks", [])} if previous.get("recipe") == _recipe_json() else {}
+    done |= trained
+    atomic_write_text(args.out / "SHA256SUMS", sha256sums(args.out))
+    record = {"recipe": _recipe_json(), "tasks": [done[t.short] for t in TASKS if t.short in done],
+              "versions": _versions(), "base": base_dir.name, "machine": platform.machine()}
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
     return 0
 

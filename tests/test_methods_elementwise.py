@@ -320,3 +320,73 @@ def test_lowrank_and_dense_inputs_agree_and_missing_tasks_are_safe(name, params)
         assert bf16[key].dtype == torch.float32
         assert torch.allclose(low[key], dense[key], atol=1e-5)
         assert low[key].abs().sum() > 0
+
+
+# ---------------------------------------------------------------- fast paths == definitions
+
+
+def sorted_rank_mask(x, gamma, beta):
+    """breadcrumb_mask's definition: ranks g … g + b − 1 of a stable descending sort, per row."""
+    m = x.shape[-1]
+    g, b = count_of(m, gamma), count_of(m, beta)
+    order = torch.sort(x.abs(), dim=-1, descending=True, stable=True).indices
+    keep = torch.zeros(m, dtype=torch.bool)
+    keep[g:g + b] = True
+    return torch.zeros(x.shape, dtype=torch.bool).scatter_(-1, order, keep.expand_as(order))
+
+
+@pytest.mark.parametrize("gamma,beta", [(0.01, 0.1), (0.0, 0.3), (0.1, 0.2), (0.2, 0.8)])
+def test_breadcrumb_selection_equals_stable_sort_with_ties(gamma, beta, monkeypatch):
+    import merge_bench.methods.breadcrumbs as bc
+
+    monkeypatch.setattr(bc, "BLOCK_ELEMENTS", 300)  # several row blocks
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(40, 100, generator=gen)
+    x[:10] = x[:10].to(torch.bfloat16).float().round()  # rows full of tied magnitudes, both signs
+    x[10:12] = 0.0  # all-zero rows (an untouched task)
+    x[12, :50] = 2.0  # a tie group straddling both boundaries
+    x[13] = -x[13].abs()
+    assert torch.equal(breadcrumb_mask(x, gamma, beta), sorted_rank_mask(x, gamma, beta))
+
+
+def test_trim_in_place_equals_trim():
+    from merge_bench.methods.ops import trim, trim_
+
+    gen = torch.Generator().manual_seed(12)
+    x = (torch.randn(5000, generator=gen) * 3).to(torch.bfloat16).float()
+    x[:100] = 0.0
+    for thr in [0.0, float(x.abs()[7]), float(x.abs().max()), 1e-45, math.inf]:
+        assert torch.equal(trim_(x.clone(), thr), trim(x, thr)), thr
+
+
+def test_ties_merge_rows_equals_ties_combine(monkeypatch):
+    import merge_bench.methods.ops as ops
+
+    monkeypatch.setattr(ops, "BLOCK", 60)  # several row blocks, a short last one
+    gen = torch.Generator().manual_seed(13)
+    xs = torch.randn(5, 31, 20, generator=gen).round()  # integers: exact zeros and sign ties
+    expected = ties_combine(lambda t: xs[t].clone(), 5)
+    got = ops.ties_merge_rows(lambda t, rows, out: out.copy_(xs[t][rows]), 5, (31, 20), torch.device("cpu"))
+    assert torch.equal(got, expected)
+    assert torch.equal(got, disjoint_mean(xs, elect_sign(xs)))
+
+
+@pytest.mark.parametrize("name,params", ALL + [("ties", {"k": 35.0})])
+def test_row_blocks_do_not_change_the_merge(name, params, monkeypatch):
+    import merge_bench.methods.ops as ops
+
+    mats = dare_mats()
+    whole = merge_all(get_method(name)(**params), mats)
+    monkeypatch.setattr(ops, "BLOCK", 20)  # 2 rows of 9 per block
+    blocked = merge_all(get_method(name)(**params), mats)
+    for key in mats:
+        assert torch.equal(whole[key], blocked[key]), key
+
+
+def test_tall_masks_matches_the_formula_on_random_inputs():
+    gen = torch.Generator().manual_seed(14)
+    taus = [torch.randn(13, 7, generator=gen) for _ in range(4)]
+    mtl = 0.4 * sum(taus)
+    votes = sum((t.abs() > 0.4 * (mtl - t).abs()).int() for t in taus)
+    assert torch.allclose(TallMasks().merge(taus, "w"), torch.where(votes >= 2, mtl, torch.zeros_like(mtl)),
+                          atol=1e-6)

@@ -88,3 +88,54 @@ def test_keep_top_fraction():
     assert keep_top_fraction(x, 0.3).tolist() == [False, True, True, True, False, False, False, True, True, False]
     assert not keep_top_fraction(x, 0.0).any()
     assert keep_top_fraction(x, 1.0).all()
+
+
+def test_many_streams_match_brute_force(monkeypatch):
+    import itertools
+
+    import merge_bench.selection as sel
+    from merge_bench.selection import kth_largest_abs_many
+
+    monkeypatch.setattr(sel, "PIECE", 257)  # many pieces per chunk
+    gen = torch.Generator().manual_seed(7)
+    streams = []
+    for s in range(4):
+        x = torch.randn(2000 + 300 * s, generator=gen) * 10.0 ** (s - 2)
+        x[: 200 * s] = x[0]  # duplicates of one magnitude …
+        x[200 * s: 300 * s] = -x[0]  # … of both signs
+        x[-50:] = 0.0
+        streams.append(x[torch.randperm(x.numel(), generator=gen)])
+    calls = []
+
+    def chunks():  # the streams' chunks interleaved, plus an empty one
+        calls.append(1)
+        parts = itertools.zip_longest(*[x.split(611) for x in streams])
+        for row in parts:
+            yield from ((s, c) for s, c in enumerate(row) if c is not None)
+        yield 2, torch.zeros(0)
+
+    for ks in ([1, 2, 3, 4], [2000, 2300, 2600, 2900], [0, 5000, 1000, 17], [-1, 7, 2600, 3000]):
+        calls.clear()
+        got = kth_largest_abs_many(chunks, ks)
+        for s, k in enumerate(ks):
+            if k <= 0:
+                assert got[s] == math.inf
+            elif k > streams[s].numel():
+                assert got[s] == 0.0
+            else:
+                assert got[s] == brute(streams[s], k), (s, k)
+        assert len(calls) <= 2
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_against_kthvalue_with_negatives_zeros_and_duplicates(seed, monkeypatch):
+    import merge_bench.selection as sel
+
+    monkeypatch.setattr(sel, "PIECE", 1000)
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(50_000, generator=gen) * 4).to(torch.bfloat16).float()  # bf16 values: many duplicates
+    x[:5000] = 0.0
+    x = x[torch.randperm(x.numel(), generator=gen)]
+    for k in [1, 3, 999, 12_345, 44_999, 45_000, 45_001, 50_000]:
+        expected = float(torch.kthvalue(x.abs(), x.numel() - k + 1).values)
+        assert kth_largest_abs(lambda: list(x.reshape(100, 500).split(7)), k) == expected, k

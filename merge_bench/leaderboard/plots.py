@@ -10,7 +10,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .store import atomic_write_bytes
+from ..io import atomic_write_bytes
 from .tables import PRETRAINED_LABEL, Group
 
 

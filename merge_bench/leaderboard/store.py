@@ -7,13 +7,12 @@ unsafe characters become ``_`` and a short hash of the key keeps distinct keys d
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import merge_bench
 
+from ..io import atomic_write_text
 from .schema import LEADERBOARD_VERSION, Entry
 
 _SAFE = re.compile(r"[^A-Za-z0-9._,=+\[\]-]")
@@ -58,26 +57,6 @@ def entry_files(root: Path) -> list[Path]:
     """Every entry file under ``root/v1``, sorted."""
     base = Path(root) / LEADERBOARD_VERSION
     return sorted(p for p in base.glob("*/*/*.json") if p.is_file()) if base.is_dir() else []
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write beside the target, then rename over it: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_entry(root: Path, entry: Entry) -> Path:

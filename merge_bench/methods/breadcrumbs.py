@@ -5,11 +5,60 @@ import torch
 from torch import Tensor
 
 from ..delta import Delta
+from ..numerics import COMPUTE_DTYPE
 from .base import MergeMethod, Param
-from .ops import count_of, dense32
+from .factor import device_of, shape_of
+from .ops import TaskRows, count_of, dense32, is_zero, row_slices
 
-# Rows sorted per block: bounds the int64 sort indices to 32 MiB whatever the matrix size.
-BLOCK_ELEMENTS = 1 << 22
+# Rows handled per block: bounds the selection temporaries (topk keeps values and int64 indices).
+BLOCK_ELEMENTS = 1 << 18
+
+
+def _sorted_rank_mask(rows: Tensor, g: int, b: int) -> Tensor:
+    """The mask by ranks g … g + b − 1 of a stable descending sort of |rows| (the definition)."""
+    m = rows.shape[-1]
+    keep = torch.zeros(m, dtype=torch.bool, device=rows.device)
+    keep[g:g + b] = True  # by rank
+    order = torch.sort(rows.abs(), dim=-1, descending=True, stable=True).indices
+    return torch.zeros(rows.shape, dtype=torch.bool, device=rows.device).scatter_(-1, order, keep.expand_as(order))
+
+
+def _rank_window(block: Tensor, g: int, b: int) -> Tensor:
+    """Float 0/1 mask of the entries ranked g … g + b − 1 by |x| in each row of a 2-d block.
+
+    Why not a full sort: only two order statistics per row are needed. ``topk`` (unsorted) finds
+    the g + b largest; their minimum is lo = the (g + b)-th largest and their b-th smallest is
+    hi = the (g + 1)-th largest. When exactly g + b entries are ≥ lo and exactly g are > hi, no tie
+    straddles either boundary and the window is lo ≤ |x| ≤ hi whatever the tie order. Rows where a
+    tie does straddle one fall back to the stable sort, so the result is always the definition's.
+    """
+    ab = block.abs()
+    top = torch.topk(ab, g + b, dim=-1, sorted=False).values
+    lo = top.amin(dim=-1, keepdim=True)
+    hi = torch.kthvalue(top, b, dim=-1, keepdim=True).values
+    at_least_lo = torch.ge(ab, lo, out=torch.empty_like(ab))  # float 0/1: bool outputs are a slow path
+    above_hi = torch.gt(ab, hi, out=torch.empty_like(ab))
+    clean = (at_least_lo.sum(dim=-1) == g + b) & (above_hi.sum(dim=-1) == g)
+    window = at_least_lo.sub_(above_hi)  # hi ≥ lo, so "above hi" ⊂ "at least lo"
+    if not bool(clean.all()):
+        bad = (~clean).nonzero().flatten()
+        window[bad] = _sorted_rank_mask(block[bad], g, b).to(window.dtype)
+    return window
+
+
+def breadcrumb_window(x: Tensor, gamma: float, beta: float) -> Tensor:
+    """``breadcrumb_mask`` as a float32 0/1 tensor (what the merge multiplies by)."""
+    m = x.shape[-1] if x.ndim else 1
+    g, b = count_of(m, gamma), count_of(m, beta)
+    rows = x.reshape(-1, m).to(COMPUTE_DTYPE)
+    if b == 0 or g >= m:
+        return torch.zeros(x.shape, dtype=COMPUTE_DTYPE, device=x.device)
+    b = min(b, m - g)
+    step = max(1, BLOCK_ELEMENTS // m)
+    window = torch.empty(rows.shape, dtype=COMPUTE_DTYPE, device=x.device)
+    for start in range(0, rows.shape[0], step):
+        window[start:start + step] = _rank_window(rows[start:start + step], g, b)
+    return window.reshape(x.shape)
 
 
 def breadcrumb_mask(x: Tensor, gamma: float, beta: float) -> Tensor:
@@ -17,25 +66,12 @@ def breadcrumb_mask(x: Tensor, gamma: float, beta: float) -> Tensor:
 
     g = ⌊m·γ⌋ largest entries are dropped (outliers), the next b = ⌊m·β⌋ kept, the rest dropped.
     Both counts round down, as the reference's ``int(m·γ)``, with γ and β read as the decimals they
-    were written as (see ``ops.count_of``), so 0.29 of 100 is 29, not 28. Ranks come from a stable
-    descending sort of |x|: among equal magnitudes the lower column index ranks first, so the mask
-    is deterministic on any device (the reference's ``topk`` leaves ties unspecified).
-    A 1-d tensor is one row.
+    were written as (see ``ops.count_of``), so 0.29 of 100 is 29, not 28. Ranks are those of a
+    stable descending sort of |x|: among equal magnitudes the lower column index ranks first, so
+    the mask is deterministic on any device (the reference's ``topk`` leaves ties unspecified).
+    A 1-d tensor is one row. (Computed by selection, not a full sort: see ``_rank_window``.)
     """
-    m = x.shape[-1] if x.ndim else 1
-    g, b = count_of(m, gamma), count_of(m, beta)
-    rows = x.reshape(-1, m)
-    mask = torch.zeros(rows.shape, dtype=torch.bool, device=x.device)
-    if b == 0 or g >= m:
-        return mask.reshape(x.shape)
-    keep = torch.zeros(m, dtype=torch.bool, device=x.device)
-    keep[g:g + b] = True  # by rank
-    step = max(1, BLOCK_ELEMENTS // m)
-    for start in range(0, rows.shape[0], step):
-        block = rows[start:start + step]
-        order = torch.sort(block.abs(), dim=-1, descending=True, stable=True).indices
-        mask[start:start + step].scatter_(-1, order, keep.expand_as(order))
-    return mask.reshape(x.shape)
+    return breadcrumb_window(x, gamma, beta) > 0
 
 
 class Breadcrumbs(MergeMethod):
@@ -45,8 +81,8 @@ class Breadcrumbs(MergeMethod):
     masks per tensor). No rescale of the kept entries. A task that does not target the matrix is
     zero there and adds nothing.
 
-    Memory: the running sum, one task's dense matrix and its boolean mask (three n×m buffers and a
-    bit), plus the sort temporaries of one row block (≤ 2²² entries); never all N tasks at once.
+    Memory: the output, plus per row block (≤ 2¹⁸ entries) one task's rows, their mask and the
+    selection temporaries; never a whole dense task matrix, never all N tasks at once.
     """
 
     name = "breadcrumbs"
@@ -66,10 +102,16 @@ class Breadcrumbs(MergeMethod):
             )
 
     def merge(self, deltas: list[Delta], key: str) -> Delta:
-        total = self.masked(deltas[0])
-        for d in deltas[1:]:
-            total += self.masked(d)
-        return total * self.lam
+        shape = shape_of(deltas, key)
+        n, m = shape
+        tasks = [TaskRows(d) for d in deltas if not is_zero(d)]  # an absent task adds nothing
+        total = torch.zeros(shape, dtype=COMPUTE_DTYPE, device=device_of(deltas[0]))
+        for rows in row_slices(n, m, BLOCK_ELEMENTS):
+            block = total[rows]
+            for task in tasks:
+                x = task.rows(rows)
+                block += x.mul_(breadcrumb_window(x, self.gamma, self.beta))  # +0.0 + (x·0) is +0.0
+        return total.mul_(self.lam)
 
     def masked(self, delta: Delta) -> Tensor:
         """M_t ⊙ τ_t for one task's matrix, dense float32."""

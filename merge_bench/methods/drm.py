@@ -5,16 +5,45 @@ import torch
 from torch import Tensor
 
 from ..delta import Delta, LowRank, all_lowrank
-from ..numerics import COMPUTE_DTYPE
+from ..numerics import COMPUTE_DTYPE, SVD_DTYPE
 from ..selection import kth_largest_abs
 from .base import MergeMethod, Param
 from .factor import densify, device_of, joint_column_svd, left_project, output, shape_of, transpose, zero_like
-from .ops import matrix_chunks
+from .ops import disjoint_mean_, stacked_sum, trim_
 
 # Rows of the joint Vᵀ have unit norm, so ν_{t,i} ∈ [0, 1]. A block row at or below float32 resolution
 # is rounding noise (the task does not touch that direction); renormalizing it would blow the noise up
 # to a unit-norm row that then competes in the joint pruning. Such rows count as zero rows.
 ZERO_ROW = 1e-6
+
+
+def renormalized_blocks(U: Tensor, S: Tensor, deltas: list[Delta]) -> tuple[Tensor, Tensor]:
+    """The renormalized per-task blocks Ṽ_tᵀ (T × k × m, COMPUTE_DTYPE) and σ_{t,i} (T × k).
+
+    V_tᵀ = Σ⁻¹Uᵀτ_t equals the reference's Vᵀ block exactly and is exactly zero for a zero task.
+    For a LoRA, V_tᵀ = P_t·A_t with the small P_t = Σ⁻¹UᵀB_t, so the row norms come from the r×r
+    Gram, ν² = rowsum((P_t·A_tA_tᵀ) ⊙ P_t), in float64, and the renormalized block is one float32
+    product (P_t/ν)·A_t: no float64 T×k×m tensor and no dense pass for the norms.
+    """
+    if all_lowrank(deltas):
+        k, m = U.shape[1], deltas[0].shape[1]
+        V = torch.empty((len(deltas), k, m), dtype=COMPUTE_DTYPE, device=U.device)
+        sigma = torch.zeros((len(deltas), k), dtype=SVD_DTYPE, device=U.device)
+        for t, d in enumerate(deltas):
+            A = d.A.to(SVD_DTYPE)
+            P = (U.T @ d.B.to(SVD_DTYPE)) / S[:, None]
+            nu = ((P @ (A @ A.T)) * P).sum(dim=1).clamp(min=0.0).sqrt()
+            live = nu > ZERO_ROW
+            P = torch.where(live[:, None], P / torch.where(live, nu, torch.ones_like(nu))[:, None], torch.zeros_like(P))
+            sigma[t] = torch.where(live, S * nu, torch.zeros_like(nu))
+            torch.matmul(P.to(COMPUTE_DTYPE), d.A.to(COMPUTE_DTYPE), out=V[t])
+        return V, sigma
+    V = torch.stack([left_project(U, d) / S[:, None] for d in deltas])  # T × k × m
+    nu = V.norm(dim=2)  # T × k
+    live = nu > ZERO_ROW
+    V = torch.where(live[:, :, None], V / torch.where(live, nu, torch.ones_like(nu))[:, :, None], torch.zeros_like(V))
+    sigma = torch.where(live, S[None, :] * nu, torch.zeros_like(nu))
+    return V.to(COMPUTE_DTYPE), sigma
 
 
 def drm_horizontal(deltas: list[Delta], drop_rate: float, coeff: float) -> tuple[Tensor, Tensor] | None:
@@ -23,28 +52,23 @@ def drm_horizontal(deltas: list[Delta], drop_rate: float, coeff: float) -> tuple
     Steps per methods.md: joint SVD of [τ_1 | … | τ_T] (factor space for LoRA inputs), keep
     σ_i > 0.01·σ_max, per-task blocks V_tᵀ = Σ⁻¹ Uᵀ τ_t, renormalize rows, prune jointly, rescale by
     σ_{t,i}, elect signs (exact-zero sums take the overall majority sign), disjoint mean.
+    The T × k × m blocks are worked on in place with float arithmetic (see ``ops.ties_merge_rows``
+    for the sign-agreement identity): they are the only large tensors here.
     """
     U, S = joint_column_svd(deltas)
     if S.numel() == 0 or float(S[0]) <= 0.0:
         return None
     keep = S > 0.01 * S[0]
     U, S = U[:, keep], S[keep]
-    # Σ⁻¹Uᵀτ_t equals the reference's Vᵀ block exactly and is exactly zero for a zero task.
-    V = torch.stack([left_project(U, d) / S[:, None] for d in deltas])  # T × k × m
-    nu = V.norm(dim=2)  # T × k
-    live = nu > ZERO_ROW
-    V = torch.where(live[:, :, None], V / torch.where(live, nu, torch.ones_like(nu))[:, :, None], torch.zeros_like(V))
-    sigma = torch.where(live, S[None, :] * nu, torch.zeros_like(nu))
-    V = V.to(COMPUTE_DTYPE)
+    Y, sigma = renormalized_blocks(U, S, deltas)
     # Keep one entry more than round((1 − p)·L), as the reference's kthvalue threshold does;
     # p = 0 asks for L + 1 entries, so the threshold is 0 and everything is kept.
-    count = round((1.0 - drop_rate) * V.numel()) + 1
-    threshold = kth_largest_abs(lambda: matrix_chunks(V), count)
-    Y = sigma.to(COMPUTE_DTYPE)[:, :, None] * torch.where(V.abs() >= threshold, V, torch.zeros_like(V))
-    sign = torch.sign(Y.sum(dim=0))
+    count = round((1.0 - drop_rate) * Y.numel()) + 1
+    threshold = kth_largest_abs(lambda: [Y], count)
+    trim_(Y, threshold).mul_(sigma.to(COMPUTE_DTYPE)[:, :, None])
+    sign = torch.sign(stacked_sum(Y))
     sign = torch.where(sign == 0, torch.sign(sign.sum()), sign)
-    Y = torch.where(torch.sign(Y) == sign, Y, torch.zeros_like(Y)) * coeff
-    Ybar = Y.sum(dim=0) / torch.count_nonzero(Y, dim=0).clamp(min=1)
+    Ybar = disjoint_mean_(Y, sign).mul_(coeff)
     return U, Ybar
 
 

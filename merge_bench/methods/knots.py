@@ -6,11 +6,11 @@ from torch import Tensor
 
 from ..delta import Delta, LowRank, all_lowrank
 from ..numerics import COMPUTE_DTYPE, SVD_DTYPE
-from ..selection import kth_largest_abs
+from ..selection import kth_largest_abs_many
 from .base import MergeMethod, ModuleStream, Param
 from .dare import drop_mask
 from .factor import densify, device_of, joint_column_svd, output, shape_of, zero_like
-from .ops import disjoint_mean, elect_sign, is_zero, matrix_chunks, percent_count
+from .ops import disjoint_mean_, is_zero, percent_count, stacked_sum, trim_
 
 SIGMA_FLOOR = 1e-5  # the reference keeps σ > 1e-5 of the float64 joint SVD
 
@@ -25,10 +25,16 @@ def knots_basis(deltas: list[Delta]) -> tuple[Tensor, list[Tensor]]:
     return U, [U.T @ d.B.to(SVD_DTYPE) if isinstance(d, LowRank) else U.T for d in deltas]
 
 
-def task_block(P: Tensor, d: Delta) -> Tensor:
-    """Y_t = P_t·M_t in COMPUTE_DTYPE (k × m)."""
-    M = d.A if isinstance(d, LowRank) else d
-    return (P @ M.to(SVD_DTYPE)).to(COMPUTE_DTYPE)
+def task_block(P: Tensor, d: Delta, out: Tensor | None = None) -> Tensor:
+    """Y_t = P_t·M_t in COMPUTE_DTYPE (k × m).
+
+    For a LoRA, M_t = A_t has r_t ≪ k rows: the float32 product of the float64 P_t rounded to
+    float32 is as accurate as the float32 result can be stored, and avoids a float64 k×m temporary.
+    """
+    if isinstance(d, LowRank):
+        return torch.matmul(P.to(COMPUTE_DTYPE), d.A.to(COMPUTE_DTYPE), out=out)
+    Y = (P @ d.to(SVD_DTYPE)).to(COMPUTE_DTYPE)
+    return Y if out is None else out.copy_(Y)
 
 
 class Knots(MergeMethod):
@@ -86,18 +92,16 @@ class Knots(MergeMethod):
         if numel is None:
             raise ValueError("knots: the module stream is empty; there is nothing to merge")
 
-        def blocks(t: int):
+        def blocks():  # every task's blocks in one sweep: the selection runs for all tasks at once
             for key, deltas in modules():
-                if is_zero(deltas[t]):
-                    continue
-                if key in cache:
-                    yield from matrix_chunks(task_block(cache[key][t], deltas[t]))
-                else:
-                    dense_deltas = densify(deltas)
-                    yield from matrix_chunks(task_block(knots_basis(dense_deltas)[1][t], dense_deltas[t]))
+                if key not in cache:
+                    deltas = densify(deltas)
+                P = cache[key] if key in cache else knots_basis(deltas)[1]
+                for t, d in enumerate(deltas):
+                    if not is_zero(d):
+                        yield t, task_block(P[t], d)
 
-        self.thresholds = [kth_largest_abs(lambda t=t: blocks(t), percent_count(n, self.k))
-                           for t, n in enumerate(numel)]
+        self.thresholds = kth_largest_abs_many(blocks, [percent_count(n, self.k) for n in numel])
 
     def merge(self, deltas: list[Delta], key: str) -> Delta:
         shape = shape_of(deltas, key)
@@ -113,13 +117,15 @@ class Knots(MergeMethod):
         U, P = knots_basis(deltas)
         if U.shape[1] == 0:
             return zero_like(shape, lowrank, device_of(deltas[0]))
-        Y = torch.stack([task_block(p, d) for p, d in zip(P, deltas)])
+        Y = torch.empty((len(deltas), U.shape[1], shape[1]), dtype=COMPUTE_DTYPE, device=U.device)
+        for t, (p, d) in enumerate(zip(P, deltas)):
+            task_block(p, d, out=Y[t])
         if self.config["merge"] == "ties":
-            thr = torch.tensor(thresholds, dtype=COMPUTE_DTYPE, device=Y.device)[:, None, None]
-            Y = torch.where(Y.abs() >= thr, Y, torch.zeros_like(Y))
+            for t, thr in enumerate(thresholds):
+                trim_(Y[t], thr)
         else:
-            dropped = torch.stack([drop_mask(Y.shape[1:], self.drop_rate, self.seed, t, key)
-                                   for t in range(Y.shape[0])]).to(Y.device)
-            Y = torch.where(dropped, torch.zeros_like(Y), Y / (1.0 - self.drop_rate))
-        Ybar = disjoint_mean(Y, elect_sign(Y))
+            for t in range(Y.shape[0]):
+                dropped = drop_mask(Y.shape[1:], self.drop_rate, self.seed, t, key).to(Y.device)
+                Y[t] = torch.where(dropped, torch.zeros_like(Y[t]), Y[t] / (1.0 - self.drop_rate))
+        Ybar = disjoint_mean_(Y, torch.sign(stacked_sum(Y)))
         return output(self.alpha * U, Ybar, lowrank)

@@ -5,8 +5,10 @@ import torch
 from torch import Tensor
 
 from ..delta import Delta
+from ..numerics import COMPUTE_DTYPE
 from .base import MergeMethod, Param
-from .ops import dense32
+from .factor import device_of, shape_of
+from .ops import TaskRows, row_slices, rows_per_block
 
 
 def tall_mask(tau: Tensor, mtl: Tensor, lam: float) -> Tensor:
@@ -22,9 +24,9 @@ class TallMasks(MergeMethod):
     not used at evaluation. A task that does not target the matrix is zero there, so its m_t is 0
     (0 > λ·|τ_MTL| never holds): it never votes.
 
-    Memory: τ_MTL, an int32 vote count and one task's dense matrix (plus its boolean mask): about
-    four n×m buffers whatever the number of tasks; each task's dense matrix is built twice (once
-    for the sum, once for its mask) rather than all N being stacked.
+    Memory and speed: the output plus, per block of rows (``ops.BLOCK`` entries per task), the N
+    tasks' rows, τ_MTL and the vote count: each task's rows are built once (B[rows]·A) and stay in
+    cache for both the sum and the masks; no whole dense task matrix is ever held.
     """
 
     name = "tall_masks"
@@ -43,11 +45,26 @@ class TallMasks(MergeMethod):
             raise ValueError(f"tall_masks: parameter 'k' must be ≥ 0, got {self.k}")
 
     def merge(self, deltas: list[Delta], key: str) -> Delta:
-        mtl = dense32(deltas[0]).clone()
-        for d in deltas[1:]:
-            mtl += dense32(d)
-        mtl *= self.alpha
-        votes = torch.zeros(mtl.shape, dtype=torch.int32, device=mtl.device)
-        for d in deltas:
-            votes += tall_mask(dense32(d), mtl, self.lam)
-        return torch.where(votes >= self.k, mtl, torch.zeros_like(mtl))
+        shape = shape_of(deltas, key)
+        n, m = shape
+        tasks = [TaskRows(d) for d in deltas]
+        out = torch.empty(shape, dtype=COMPUTE_DTYPE, device=device_of(deltas[0]))
+        step = rows_per_block(m)
+        xs = torch.empty((len(tasks), min(step, n), m), dtype=COMPUTE_DTYPE, device=out.device)
+        # Scratch buffers reused by every block: fresh MiB-sized temporaries cost more than the maths.
+        mtl_buf, votes_buf, a_buf, b_buf = (torch.empty((min(step, n), m), dtype=COMPUTE_DTYPE, device=out.device)
+                                            for _ in range(4))
+        for rows in row_slices(n, m):
+            h = rows.stop - rows.start
+            taus = [task.rows(rows, xs[t, :h]) for t, task in enumerate(tasks)]
+            mtl, votes, a, b = mtl_buf[:h], votes_buf[:h].zero_(), a_buf[:h], b_buf[:h]
+            mtl.copy_(taus[0])
+            for tau in taus[1:]:
+                mtl += tau
+            mtl *= self.alpha
+            for tau in taus:
+                # tall_mask's |τ_t| > λ·|τ_MTL − τ_t|, as float 0/1 (bool outputs are slow on CPU)
+                torch.sub(mtl, tau, out=a).abs_().mul_(self.lam)
+                votes += torch.gt(torch.abs(tau, out=b), a, out=b)
+            out[rows] = torch.where(votes >= self.k, mtl, torch.zeros_like(mtl))
+        return out

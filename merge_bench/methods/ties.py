@@ -6,8 +6,10 @@ from typing import Any
 from torch import Tensor
 
 from ..delta import Delta
+from ..selection import kth_largest_abs_many
 from .base import MergeMethod, ModuleStream, Param
-from .ops import dense32, global_thresholds, local_threshold, ties_combine, trim
+from .factor import device_of, shape_of
+from .ops import TaskRows, global_thresholds, is_zero, percent_count, ties_merge_rows, trim_
 
 
 class Ties(MergeMethod):
@@ -20,9 +22,11 @@ class Ties(MergeMethod):
     matrix is zero there, takes no part in the vote and does not count towards its numel (our
     choice; the reference assumes every task targets the same matrices). k = 0 keeps nothing.
 
-    Memory: ``prepare`` holds one dense matrix of one task at a time (plus bit histograms of 2¹⁵
-    and 2¹⁶ counters); ``merge`` holds about five n×m float32 buffers whatever the number of tasks,
-    rebuilding each task's trimmed matrix twice instead of stacking all N.
+    Memory and speed: nothing holds a whole dense task matrix. ``prepare`` streams every task's τ
+    a block of rows at a time (B[rows]·A) through the two passes of the exact selection, all tasks
+    in the same two sweeps (plus bit histograms of 2¹⁵ and 2¹⁶ counters per task); ``merge`` builds
+    each task's block once per row block, trims it in place and folds it into the sign election
+    and disjoint mean (``ops.ties_merge_rows``), so it holds N cache-sized blocks and the output.
     """
 
     name = "ties"
@@ -45,21 +49,24 @@ class Ties(MergeMethod):
 
     def prepare(self, modules: ModuleStream) -> None:
         if self.trim == "global":
-            self.thresholds = global_thresholds(modules, self.k, lambda t, key, d: dense32(d))
+            self.thresholds = global_thresholds(modules, self.k, pieces=lambda t, key, d: TaskRows(d).blocks(reuse=True))
 
     def merge(self, deltas: list[Delta], key: str) -> Delta:
+        shape = shape_of(deltas, key)
         thresholds = self._thresholds(len(deltas))
-        local: dict[int, float] = {}  # ties_combine asks for each task twice: select once
+        tasks = [TaskRows(d) for d in deltas]
+        if thresholds is None:  # local: one exact selection per task over this matrix, in two sweeps
+            k = percent_count(shape[0] * shape[1], self.k)
+            thresholds = kth_largest_abs_many(
+                lambda: ((t, x) for t, task in enumerate(tasks) for x in task.blocks(reuse=True)), [k] * len(tasks))
+        live = [not is_zero(d) for d in deltas]
 
-        def trimmed(t: int) -> Tensor:
-            x = dense32(deltas[t])
-            if thresholds is not None:
-                return trim(x, thresholds[t])
-            if t not in local:
-                local[t] = local_threshold(x, self.k)
-            return trim(x, local[t])
+        def trimmed(t: int, rows: slice, out: Tensor) -> Tensor:
+            if not live[t]:
+                return out.zero_()
+            return trim_(tasks[t].rows(rows, out), thresholds[t])
 
-        return self.lam * ties_combine(trimmed, len(deltas))
+        return self.lam * ties_merge_rows(trimmed, len(deltas), shape, device_of(deltas[0]))
 
     def _thresholds(self, n_tasks: int) -> list[float] | None:
         if self.trim == "local":
