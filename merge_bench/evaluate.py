@@ -34,6 +34,12 @@ class _DropCustomDatasetNotice(logging.Filter):
 _QUIET = _DropCustomDatasetNotice()
 
 
+def _quiet_lm_eval() -> None:
+    task_log = logging.getLogger("lm_eval.api.task")
+    if _QUIET not in task_log.filters:
+        task_log.addFilter(_QUIET)
+
+
 @dataclass(frozen=True)
 class TaskInfo:
     """What identifies a task's evaluation: its lm-eval name, version and the exact documents."""
@@ -67,6 +73,7 @@ def describe_tasks(backbone: Backbone, shorts: list[str], manager, limit: int | 
     if unknown:
         raise ValueError(f"no lm-eval task named {unknown} under {manager.include_path}")
     infos = {}
+    _quiet_lm_eval()
     for name, task in manager.load(list(names))["tasks"].items():
         docs = list(task.eval_docs)
         if limit is not None:
@@ -147,9 +154,7 @@ def run_lm_eval(lm, backbone: Backbone, shorts: list[str], manager, limit: int |
     """One ``simple_evaluate`` call on an lm-eval LM; each task's primary metric on the 0–100 scale."""
     from lm_eval import simple_evaluate
 
-    task_log = logging.getLogger("lm_eval.api.task")
-    if _QUIET not in task_log.filters:
-        task_log.addFilter(_QUIET)
+    _quiet_lm_eval()
     names = [backbone.lm_eval_task(s) for s in shorts]
     out = simple_evaluate(
         model=lm, tasks=names, task_manager=manager, limit=limit, apply_chat_template=backbone.chat_template,
