@@ -117,9 +117,9 @@ def run_benchmark(cfg: RunConfig, *, backbone: Backbone | None = None, progress:
 
     # The evaluation stack is part of a result's identity: an upgrade of any of these, or another batch size
     # (padding changes the numerics), evaluates again instead of reading back a stale score.
-    stack = {k: v for k, v in versions().items() if k in ("torch", "transformers", "peft", "lm_eval")}
-    if cfg.backend == "vllm":
-        stack["vllm"] = versions()["vllm"]
+    stack_versions = versions()
+    stack = {k: v for k, v in stack_versions.items()
+             if k in ("torch", "transformers", "peft", "lm_eval") or (k == "vllm" and cfg.backend == "vllm")}
 
     def key(variant: dict, task: str) -> dict:
         info = infos[task]
@@ -174,7 +174,7 @@ def run_benchmark(cfg: RunConfig, *, backbone: Backbone | None = None, progress:
         "record_version": 1,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "merge_bench": {"version": __version__, "git_commit": git_commit()},
-        "versions": versions(),
+        "versions": stack_versions,
         "hardware": hardware(cfg.device),
         "config": {**{k: v for k, v in asdict(cfg).items() if k not in ("out", "n_tasks", "save_merged", "cache_dir")},
                    "backbone": bb.name, "tasks": tasks, "methods": [m.spec for m in methods]},

@@ -52,7 +52,7 @@ def drm_horizontal(deltas: list[Delta], drop_rate: float, coeff: float) -> tuple
     Steps per methods.md: joint SVD of [τ_1 | … | τ_T] (factor space for LoRA inputs), keep
     σ_i > 0.01·σ_max, per-task blocks V_tᵀ = Σ⁻¹ Uᵀ τ_t, renormalize rows, prune jointly, rescale by
     σ_{t,i}, elect signs (exact-zero sums take the overall majority sign), disjoint mean.
-    The T × k × m blocks are worked on in place with float arithmetic (see ``ops.ties_merge_rows``
+    The T × k × m blocks are worked on in place with float arithmetic (see ``ops.disjoint_mean_``
     for the sign-agreement identity): they are the only large tensors here.
     """
     U, S = joint_column_svd(deltas)

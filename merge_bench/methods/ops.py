@@ -236,9 +236,7 @@ def ties_merge_rows(task_rows: RowsInto, n_tasks: int, shape: tuple[int, int], d
     """Sign election then disjoint mean over the row-blocked tasks: the numbers of ``ties_combine``.
 
     Per block of rows every task's block is built once into a buffer (cache-sized, see ``BLOCK``),
-    summed in task order for the sign, then folded into the disjoint mean. With s = sign(Σ_t x_t):
-    the agreeing entries are those with x_t·s > 0, and their sum is s·Σ_t max(x_t·s, 0) (negation
-    is exact), so the mean costs a multiply, a clamp and two adds per task entry.
+    summed in task order for the sign, then folded into the disjoint mean (``disjoint_mean_``).
     """
     if n_tasks < 1:
         raise ValueError("ties_merge_rows needs at least one task")
@@ -246,19 +244,10 @@ def ties_merge_rows(task_rows: RowsInto, n_tasks: int, shape: tuple[int, int], d
     out = torch.empty(shape, dtype=COMPUTE_DTYPE, device=device)
     buf = torch.empty((n_tasks, min(rows_per_block(m), n), m), dtype=COMPUTE_DTYPE, device=device)
     for rows in row_slices(n, m):
-        h = rows.stop - rows.start
-        xs = buf[:, :h]
-        total = task_rows(0, rows, xs[0]).clone()
-        for t in range(1, n_tasks):
-            total += task_rows(t, rows, xs[t])
-        sign = torch.sign(total)
-        acc, count = total.zero_(), torch.zeros((h, m), dtype=COMPUTE_DTYPE, device=device)
+        xs = buf[:, :rows.stop - rows.start]
         for t in range(n_tasks):
-            agree = xs[t].mul_(sign).clamp_(min=0)  # |x_t| where it agrees with s, else 0
-            acc += agree
-            count += agree.sign_()  # 1 where it agrees (float ops: bool masks are a slow path on CPU)
-        mean = acc.div_(count.clamp(min=1)).mul_(sign)
-        out[rows] = torch.where(count > 0, mean, torch.zeros_like(mean))
+            task_rows(t, rows, xs[t])
+        out[rows] = disjoint_mean_(xs, torch.sign(stacked_sum(xs)))
     return out
 
 
