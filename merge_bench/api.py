@@ -21,7 +21,7 @@ def merge(method: MethodSpec, adapters: Sequence[Union[str, Path]], *, params: M
     deltas are returned in memory (``result.deltas``, ``result.apply_to(model)``). With ``out`` the
     merge streams into the writer (``format`` auto | peft | full | delta) and the result records
     ``result.output``; a dense result is not kept in memory then (it was freed matrix by matrix).
-    ``threads`` caps torch's intra-op threads for the merge (None: torch's default).
+    ``threads``: CPU threads for the merge (None: torch's count), see ``engine.merge``.
     """
     numerics = Numerics.from_names(device, dtype)
     if format not in FORMATS:

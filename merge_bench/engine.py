@@ -3,6 +3,8 @@ and hold (or stream out) the merged deltas.
 
 Memory: the engine keeps one matrix's N task vectors at a time (``del`` before the next is built),
 so an elementwise method on dense inputs peaks at about one matrix × N (plus its own workspace).
+Factor-space merges of LoRA inputs hold up to ``threads`` matrices at once (see ``_run``); theirs
+are small (N factor pairs and a few Σr×m blocks each).
 With ``stream=True`` the merged matrices are produced lazily while a writer consumes them, and each
 is freed once written; otherwise they are collected into ``MergeResult.deltas``.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 import platform
 import sys
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -227,7 +230,9 @@ def merge(method: MethodSpec, adapters: Sequence[Union[str, Path]], *, params: M
 
     Inputs are opened and validated now. Without ``stream`` the merge runs now and the result holds
     every Δ; with ``stream`` it runs while the result's ``items()`` are consumed (by a writer).
-    ``threads`` caps torch's intra-op threads while inputs are read and the merge runs.
+    ``threads`` caps torch's intra-op threads while inputs are read and the merge runs; a
+    factor-space merge of LoRA inputs on the CPU instead merges that many matrices at once, with
+    one intra-op thread each (None: torch's thread count).
     """
     instance = make_method(method, params)
     targets = normalize_targets(targets)
@@ -274,23 +279,49 @@ def module_stream(the_plan: Plan, device: torch.device):
 
 def _run(method: MergeMethod, the_plan: Plan, device: torch.device, expect_lowrank: bool,
          progress: bool, threads: int | None) -> Iterator[tuple[str, Delta]]:
+    # Factor-space merges of LoRA inputs are many small QR/SVD-sized problems on which torch's
+    # intra-op threads barely help; merging `threads` matrices at once, one intra-op thread each,
+    # is faster (measured on 2 cores, 32 Mistral-shape layers × 12 LoRAs: iso_c 1.27×, tsv 1.35×,
+    # iso_cts 1.47×, drm 1.36×). Dense merges keep one matrix at a time: their large elementwise
+    # kernels use the threads well, and two matrices in flight would double the peak memory.
     with torch_threads(threads):
-        yield from _merge_all(method, the_plan, device, expect_lowrank, progress)
+        workers = torch.get_num_threads() if expect_lowrank and device.type == "cpu" else 1
+        yield from _merge_all(method, the_plan, device, expect_lowrank, progress, workers)
 
 
 def _merge_all(method: MergeMethod, the_plan: Plan, device: torch.device, expect_lowrank: bool,
-               progress: bool) -> Iterator[tuple[str, Delta]]:
+               progress: bool, workers: int) -> Iterator[tuple[str, Delta]]:
     stream = module_stream(the_plan, device)
     method.prepare(stream)
+
+    def one(key: str, deltas: list[Delta]) -> Delta:
+        return _checked(method.merge(deltas, key), key, the_plan.shapes[key], method.name, expect_lowrank)
+
     bar = tqdm(total=len(the_plan.keys), disable=not progress, unit="matrix", desc=f"merge {method.name}")
     try:
-        for key, deltas in stream():
-            merged = method.merge(deltas, key)
-            del deltas  # free the N task vectors before the next matrix is loaded
-            merged = _checked(merged, key, the_plan.shapes[key], method.name, expect_lowrank)
-            bar.update()
-            yield key, merged
-            del merged
+        if workers == 1:
+            for key, deltas in stream():
+                merged = one(key, deltas)
+                del deltas  # free the N task vectors before the next matrix is loaded
+                bar.update()
+                yield key, merged
+                del merged
+            return
+        # In order; one matrix more than `workers` in flight keeps them busy while this thread reads
+        # the next task vectors and the consumer writes the last result.
+        with torch_threads(1), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="merge-bench-merge") as pool:
+            pending: deque[tuple[str, Future]] = deque()
+            for key, deltas in stream():
+                pending.append((key, pool.submit(one, key, deltas)))
+                del deltas
+                if len(pending) > workers:
+                    done_key, future = pending.popleft()
+                    bar.update()
+                    yield done_key, future.result()
+            while pending:
+                done_key, future = pending.popleft()
+                bar.update()
+                yield done_key, future.result()
     finally:
         bar.close()
 

@@ -10,9 +10,10 @@ that method's own peak) through ``merge_bench.merge`` including writing the outp
 The timed region is the ``merge_bench.merge`` call: reading and hashing the inputs, the merge, the
 write and the output hashes (not the Python/torch start-up).
 
-Each worker runs with ``--threads`` torch threads (default 1) and ``OMP_WAIT_POLICY=PASSIVE``: on
-the shared 2-core dev box, multi-threaded kernels on small factor-space matrices wait on descheduled
-threads (measured under load: tsv 2.2×, drm 1.3× slower with 2 threads). ``--threads 0`` keeps torch's.
+Each worker runs with ``OMP_WAIT_POLICY=PASSIVE`` and ``--threads`` passed to ``merge_bench.merge``
+(default 0: torch's thread count): dense merges use them as intra-op threads, factor-space merges of
+LoRAs merge that many matrices at once with one intra-op thread each. ``--threads 1`` is the
+one-core figure (and the fastest on a busy shared CPU, where busy-waiting threads collapse).
 
 A naive dense baseline (STAR the textbook way: dense τ_t = s·B·A, full SVD per matrix, truncate,
 renormalize, average) runs on ``--naive-layers`` layers and ``--naive-tasks`` tasks and is scaled
@@ -162,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive-layers", type=int, default=1, help="layers the naive baseline runs on (0: skip)")
     parser.add_argument("--naive-tasks", type=int, default=None,
                         help="tasks the naive baseline runs on (default: 1 on cpu, all on cuda)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads per method (default 1: fastest on a shared, busy CPU; 0 = torch's default)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="threads per method (default 0: torch's count; 1 = one core)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per method")
     parser.add_argument("--workdir", default=None, help="where adapters and outputs go (default: a temp dir)")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")

@@ -480,6 +480,11 @@ def equivalence_cases():
         "one_task_absent": {"w": [lora(23, 16, 12, 3), LowRank.zeros(16, 12), lora(24, 16, 12, 5)]},
         "untrained_lora": {"w": [lora(25, 16, 12, 2), zero_b, lora(26, 16, 12, 2, scale=0.1)]},
         "single_task": {"w": [lora(27, 10, 18, 3)]},
+        # The same adapter twice (exactly dependent factors) and a factor with a repeated column.
+        "same_adapter_twice": {"w": [lora(30, 16, 12, 3), lora(30, 16, 12, 3), lora(31, 16, 12, 2)]},
+        "rank_deficient_factor": {"w": [LowRank(torch.cat([b := lora(32, 16, 12, 3).B, b[:, :1]], 1),
+                                                torch.randn(4, 12, generator=torch.Generator().manual_seed(33))),
+                                        lora(34, 16, 12, 2)]},
     }
 
 

@@ -54,7 +54,8 @@ def register(sub) -> None:
                    help="dtype of the stored result (maths run in float32)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads for the merge (default: torch's; 1 is fastest on a busy shared CPU)")
+                   help="CPU threads for the merge (default: torch's): intra-op threads, or for a factor-space "
+                        "merge of LoRAs the number of matrices merged at once")
     p.add_argument("--targets", nargs="+", metavar="MODULE",
                    help="module name suffixes to merge, e.g. q_proj v_proj or q,v (default: all targeted)")
     p.set_defaults(func=run)

@@ -8,7 +8,7 @@ from ..delta import Delta, LowRank, all_lowrank
 from ..numerics import COMPUTE_DTYPE, SVD_DTYPE
 from ..selection import kth_largest_abs
 from .base import MergeMethod, Param
-from .factor import densify, device_of, joint_column_svd, left_project, output, shape_of, transpose, zero_like
+from .factor import Factors, joint_column_svd, left_project, merge_factors, shape_of, transpose
 from .ops import disjoint_mean_, stacked_sum, trim_
 
 # Rows of the joint Vᵀ have unit norm, so ν_{t,i} ∈ [0, 1]. A block row at or below float32 resolution
@@ -46,7 +46,7 @@ def renormalized_blocks(U: Tensor, S: Tensor, deltas: list[Delta]) -> tuple[Tens
     return V.to(COMPUTE_DTYPE), sigma
 
 
-def drm_horizontal(deltas: list[Delta], drop_rate: float, coeff: float) -> tuple[Tensor, Tensor] | None:
+def drm_horizontal(deltas: list[Delta], drop_rate: float, coeff: float) -> Factors | None:
     """DRM-H on one matrix: the factors (U, Ȳ) of Δ* = U·Ȳ, or None when Δ* = 0.
 
     Steps per methods.md: joint SVD of [τ_1 | … | τ_T] (factor space for LoRA inputs), keep
@@ -75,9 +75,9 @@ def drm_horizontal(deltas: list[Delta], drop_rate: float, coeff: float) -> tuple
 class DRM(MergeMethod):
     """Decom-Renorm-Merge, horizontal (shared left basis) or vertical (shared right basis).
 
-    The joint SVD is exact in factor space for LoRA inputs (QR of the stacked B's, QR of each Aᵀ,
-    a core of side ≤ Σ r_t); only the per-task k×m blocks (k ≤ Σ r_t) are materialized, because
-    pruning and sign election act on their entries. Δ* = U·Ȳ comes back as a LowRank of rank
+    For LoRA inputs the shared side runs in core space (``factor.merge_factors``) and the joint SVD
+    is exact in factor space (a core of side ≤ Σ r_t); only the per-task k×m blocks (k ≤ Σ r_t) are
+    materialized, because pruning and sign election act on their entries. Δ* = U·Ȳ comes back as a LowRank of rank
     ≤ Σ r_t. DRM-V is DRM-H on the transposed task vectors, transposed back (Δ* = Ȳ·Vᵀ).
 
     Decisions (match the reference unless noted): the joint prune keeps one entry more than
@@ -107,17 +107,13 @@ class DRM(MergeMethod):
 
     def merge(self, deltas: list[Delta], key: str) -> Delta:
         shape = shape_of(deltas, key)
-        lowrank = all_lowrank(deltas)
-        if not lowrank:
-            deltas = densify(deltas)
         vertical = self.direction == "vertical"
         if vertical:
             deltas = [transpose(d) for d in deltas]
-        factors = drm_horizontal(deltas, self.drop_rate, self.coeff)
-        if factors is None:
-            return zero_like(shape, lowrank, device_of(deltas[0]))
-        U, Ybar = factors
-        result = output(U, Ybar, lowrank)
+            shape = (shape[1], shape[0])
+        # The shared basis is the only orthogonally equivariant side: reduce that one to core space.
+        result = merge_factors(deltas, shape, lambda ds: drm_horizontal(ds, self.drop_rate, self.coeff),
+                               reduce_sides="left")
         if vertical:
             result = transpose(result)
             if isinstance(result, LowRank):

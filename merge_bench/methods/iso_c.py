@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import math
 
-from ..delta import Delta, all_lowrank, frob_sq, svd, weighted_sum
+from ..delta import Delta, frob_sq, svd, weighted_sum
 from .base import MergeMethod, Param
-from .factor import densify, device_of, nonzero_count, output, shape_of, zero_like
+from .factor import Factors, merge_factors, nonzero_count, shape_of
 
 
 class IsoC(MergeMethod):
@@ -14,8 +14,8 @@ class IsoC(MergeMethod):
     ``sigma_mean = rank`` (default): σ̄ = Σσ/K, keeping the nuclear norm on the range;
     ``full``: σ̄ = Σσ/p with p = min(n, m), the reference's value on the range. The reference also
     sets the p − K null directions to σ̄, pairing them arbitrarily; on LoRA inputs we drop that part
-    (methods.md), so the output is a LowRank of rank K ≤ Σ r_t computed by the exact factor-space
-    SVD of the concatenated factors. Decision: K counts singular values above float32 rounding
+    (methods.md), so the output is a LowRank of rank K ≤ Σ r_t, computed in core space
+    (``factor.merge_factors``). Decision: K counts singular values above float32 rounding
     relative to max(σ_max(Δ_TA), max_t ‖τ_t‖_F), so a sum that cancels to rounding noise gives 0.
     """
 
@@ -30,13 +30,13 @@ class IsoC(MergeMethod):
 
     def merge(self, deltas: list[Delta], key: str) -> Delta:
         shape = shape_of(deltas, key)
-        lowrank = all_lowrank(deltas)
-        if not lowrank:
-            deltas = densify(deltas)
+        return merge_factors(deltas, shape, lambda ds: self.factors(ds, shape))
+
+    def factors(self, deltas: list[Delta], shape: tuple[int, int]) -> Factors | None:
         U, S, Vh = svd(weighted_sum(deltas, [1.0] * len(deltas)))
         scale = max([math.sqrt(frob_sq(d)) for d in deltas])
         K = nonzero_count(S, shape, scale)
         if K == 0:
-            return zero_like(shape, lowrank, device_of(deltas[0]))
+            return None
         sbar = S[:K].sum() / (K if self.sigma_mean == "rank" else min(shape))
-        return output(self.alpha * sbar * U[:, :K], Vh[:K], lowrank)
+        return self.alpha * sbar * U[:, :K], Vh[:K]

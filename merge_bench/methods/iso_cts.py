@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..delta import Delta, all_lowrank
+from ..delta import Delta, LowRank, all_lowrank, svd, svds, weighted_sum
 from .base import MergeMethod, Param
-from .factor import densify, device_of, nonzero_count, output, polar, shape_of, task_cores, zero_like
+from .factor import Factors, merge_factors, nonzero_count, polar, shape_of, task_cores
 
 
 def split_sizes(p: int, tasks: int, fraction: float) -> tuple[int, int]:
@@ -22,19 +22,30 @@ def split_sizes(p: int, tasks: int, fraction: float) -> tuple[int, int]:
     return p - S, S // tasks
 
 
-def iso_cts_core(cores: list[Tensor], fraction: float, shape: tuple[int, int]) -> tuple[Tensor, Tensor] | None:
+def spectral_norm(C: Delta) -> float:
+    S = svd(C)[1]
+    return float(S[0]) if S.numel() else 0.0
+
+
+def residual(C: Delta, Uc: Tensor) -> Delta:
+    """C − P_c·P_cᵀ·C with P_c = Uc; a LowRank core stays one (its left factor is projected)."""
+    if isinstance(C, LowRank):
+        return LowRank(C.B - Uc @ (Uc.T @ C.B), C.A)
+    return C - Uc @ (Uc.T @ C)
+
+
+def iso_cts_core(cores: list[Delta], fraction: float, shape: tuple[int, int]) -> Factors | None:
     """The recipe on a×b cores: σ̄·polar(Ũ)·polar(Ṽ)ᵀ as factors (σ̄·polar(Ũ), polar(Ṽ)ᵀ), or None if zero."""
     a, b = cores[0].shape
     k_c, s = split_sizes(min(a, b), len(cores), fraction)
-    total = sum(cores)
-    U, S, Vh = torch.linalg.svd(total, full_matrices=False)
+    U, S, Vh = svd(weighted_sum(cores, [1.0] * len(cores)))
     # Residuals and sums may cancel to rounding noise: measure "non-zero" against the largest input.
-    scale = max([float(torch.linalg.matrix_norm(c, ord=2)) for c in cores] + [float(S[0]) if S.numel() else 0.0])
+    scale = max([spectral_norm(C) for C in cores] + [float(S[0]) if S.numel() else 0.0])
     k_c = min(k_c, nonzero_count(S, shape, scale))
     Uc, Sc, Vhc = U[:, :k_c], S[:k_c], Vh[:k_c]
     Us, Ss, Vhs = [Uc], [Sc], [Vhc]
-    for C in cores:
-        Ut, St, Vht = torch.linalg.svd(C - Uc @ (Uc.T @ C), full_matrices=False)
+    residuals = [residual(C, Uc) for C in cores]
+    for Ut, St, Vht in svds(residuals) if all_lowrank(residuals) else map(svd, residuals):
         k = min(s, nonzero_count(St, shape, scale))
         Us.append(Ut[:, :k])
         Ss.append(St[:k])
@@ -42,8 +53,8 @@ def iso_cts_core(cores: list[Tensor], fraction: float, shape: tuple[int, int]) -
     sigma = torch.cat(Ss)
     if sigma.numel() == 0:
         return None
-    Ou = polar(torch.cat(Us, dim=1))
-    Ov = polar(torch.cat(Vhs, dim=0).T)
+    Ou = polar(torch.cat(Us, dim=1), shape)
+    Ov = polar(torch.cat(Vhs, dim=0).T, shape)
     return sigma.mean() * Ou, Ov.T
 
 
@@ -79,14 +90,14 @@ class IsoCTS(MergeMethod):
 
     def merge(self, deltas: list[Delta], key: str) -> Delta:
         shape = shape_of(deltas, key)
-        lowrank = all_lowrank(deltas)
-        if not lowrank:
-            deltas = densify(deltas)
-        tc = task_cores(deltas)
+        return merge_factors(deltas, shape, lambda ds: self.factors(ds, shape))
+
+    def factors(self, deltas: list[Delta], shape: tuple[int, int]) -> Factors | None:
+        tc = task_cores(deltas, shape)
         if min(tc.left.shape[1], tc.right.shape[1]) == 0:
-            return zero_like(shape, lowrank, device_of(deltas[0]))
-        factors = iso_cts_core(tc.cores, self.common_fraction, shape)
-        if factors is None:
-            return zero_like(shape, lowrank, device_of(deltas[0]))
-        Bc, Ac = factors
-        return output(self.alpha * (tc.left @ Bc), Ac @ tc.right.T, lowrank)
+            return None
+        result = iso_cts_core(tc.cores, self.common_fraction, shape)
+        if result is None:
+            return None
+        Bc, Ac = result
+        return self.alpha * (tc.left @ Bc), Ac @ tc.right.T

@@ -9,7 +9,7 @@ from ..numerics import COMPUTE_DTYPE, SVD_DTYPE
 from ..selection import kth_largest_abs_many
 from .base import MergeMethod, ModuleStream, Param
 from .dare import drop_mask
-from .factor import densify, device_of, joint_column_svd, output, shape_of, zero_like
+from .factor import Factors, densify, joint_column_svd, merge_factors, reduce, shape_of
 from .ops import disjoint_mean_, is_zero, percent_count, stacked_sum, trim_
 
 SIGMA_FLOOR = 1e-5  # the reference keeps σ > 1e-5 of the float64 joint SVD
@@ -40,8 +40,8 @@ def task_block(P: Tensor, d: Delta, out: Tensor | None = None) -> Tensor:
 class Knots(MergeMethod):
     """Δ* = α·U·Ȳ, Ȳ = TIES (or DARE + sign election) of the per-task blocks Y_t = Uᵀτ_t.
 
-    U comes from the joint SVD of [τ_1 | … | τ_T] (exact in factor space; σ > 1e-5 kept), so the
-    output is a LowRank of rank ≤ Σ r_t. ``merge = ties``: per task, keep the entries of Y_t with
+    U comes from the joint SVD of [τ_1 | … | τ_T] (σ > 1e-5 kept), found in core space for LoRA
+    inputs (``factor.merge_factors``), so the output is a LowRank of rank ≤ Σ r_t. ``merge = ties``: per task, keep the entries of Y_t with
     |y| ≥ the ⌊numel_t·k/100⌋-th largest |y| over all of that task's blocks in every layer
     (computed in ``prepare``, stored in ``thresholds``), elect signs by the sum, disjoint mean.
     ``merge = dare``: per task and entry drop with probability ``drop_rate`` and rescale survivors by
@@ -83,8 +83,9 @@ class Knots(MergeMethod):
                 numel = [0] * len(deltas)
             elif len(deltas) != len(numel):
                 raise ValueError(f"knots: matrix {key!r} has {len(deltas)} task vectors, expected {len(numel)}")
-            U, P = knots_basis(deltas if all_lowrank(deltas) else densify(deltas))
-            if all_lowrank(deltas):
+            lowrank = all_lowrank(deltas)
+            U, P = knots_basis(reduce(deltas, right=False).deltas if lowrank else densify(deltas))
+            if lowrank:
                 cache[key] = P
             for t, d in enumerate(deltas):
                 if not is_zero(d):
@@ -105,27 +106,28 @@ class Knots(MergeMethod):
 
     def merge(self, deltas: list[Delta], key: str) -> Delta:
         shape = shape_of(deltas, key)
-        lowrank = all_lowrank(deltas)
-        if not lowrank:
-            deltas = densify(deltas)
         if self.config["merge"] == "ties":
             thresholds = self.__dict__.get("thresholds")
             if thresholds is None:
                 raise ValueError("knots (merge=ties): call prepare() on the module stream before merge()")
             if len(thresholds) != len(deltas):
                 raise ValueError(f"knots: matrix {key!r} has {len(deltas)} task vectors, prepare() saw {len(thresholds)}")
+        # U is the only orthogonally equivariant side: reduce that one to core space.
+        return merge_factors(deltas, shape, lambda ds: self.factors(ds, key), reduce_sides="left")
+
+    def factors(self, deltas: list[Delta], key: str) -> Factors | None:
         U, P = knots_basis(deltas)
         if U.shape[1] == 0:
-            return zero_like(shape, lowrank, device_of(deltas[0]))
-        Y = torch.empty((len(deltas), U.shape[1], shape[1]), dtype=COMPUTE_DTYPE, device=U.device)
+            return None
+        Y = torch.empty((len(deltas), U.shape[1], deltas[0].shape[1]), dtype=COMPUTE_DTYPE, device=U.device)
         for t, (p, d) in enumerate(zip(P, deltas)):
             task_block(p, d, out=Y[t])
         if self.config["merge"] == "ties":
-            for t, thr in enumerate(thresholds):
+            for t, thr in enumerate(self.thresholds):
                 trim_(Y[t], thr)
         else:
             for t in range(Y.shape[0]):
                 dropped = drop_mask(Y.shape[1:], self.drop_rate, self.seed, t, key).to(Y.device)
                 Y[t] = torch.where(dropped, torch.zeros_like(Y[t]), Y[t] / (1.0 - self.drop_rate))
         Ybar = disjoint_mean_(Y, torch.sign(stacked_sum(Y)))
-        return output(self.alpha * U, Ybar, lowrank)
+        return self.alpha * U, Ybar

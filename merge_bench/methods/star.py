@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..delta import Delta, all_lowrank
+from ..delta import Delta
 from .base import MergeMethod, Param
-from .factor import densify, device_of, output, shape_of, task_svd, zero_like
+from .factor import Factors, merge_factors, shape_of, task_svds
 
 
 def star_factors(U: Tensor, S: Tensor, Vh: Tensor, eta: float) -> tuple[Tensor, Tensor]:
@@ -47,13 +47,13 @@ class Star(MergeMethod):
 
     def merge(self, deltas: list[Delta], key: str) -> Delta:
         shape = shape_of(deltas, key)
-        lowrank = all_lowrank(deltas)
-        if not lowrank:
-            deltas = densify(deltas)
-        pieces = [star_factors(*task_svd(d), self.eta) for d in deltas]
+        # Per-task maths only: the joint bases of core space would cost more than they save.
+        return merge_factors(deltas, shape, lambda ds: self.factors(ds, shape), reduce_sides="none")
+
+    def factors(self, deltas: list[Delta], shape: tuple[int, int]) -> Factors | None:
+        pieces = [star_factors(U, S, Vh, self.eta) for U, S, Vh in task_svds(deltas, shape)]
         Bs = [B for B, _ in pieces if B.shape[1] > 0]
         if not Bs:
-            return zero_like(shape, lowrank, device_of(deltas[0]))
+            return None
         B = torch.cat(Bs, dim=1) / len(deltas)
-        A = torch.cat([A for _, A in pieces if A.shape[0] > 0], dim=0)
-        return output(B, A, lowrank)
+        return B, torch.cat([A for _, A in pieces if A.shape[0] > 0], dim=0)

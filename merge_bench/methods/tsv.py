@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from ..delta import Delta, all_lowrank
+from ..delta import Delta
 from .base import MergeMethod, Param
-from .factor import densify, device_of, output, polar, shape_of, task_svd, zero_like
+from .factor import Factors, merge_factors, polar, shape_of, task_svds
 
 
 class TSV(MergeMethod):
@@ -13,9 +13,9 @@ class TSV(MergeMethod):
 
     k_t = min(⌊p/T⌋, rank_t) with p = min(n, m) (the ambient size, as the reference) and rank_t the
     numerical rank of τ_t: the reference pulls in arbitrary null vectors when rank_t < p/T, we drop
-    them (methods.md). Ũ = [U_1,k … U_T,k] is n × K with K ≤ Σ r_t, so its polar factor costs a thin
-    n×K SVD; for LoRA inputs every per-task SVD is exact in factor space and the output is a LowRank
-    of rank K. A zero task contributes no triplets.
+    them (methods.md). For LoRA inputs everything runs in core space (``factor.merge_factors``): Ũ and
+    Ṽ have at most Σ r_t rows there, so their polar factors are SVDs of small matrices, and the output
+    is a LowRank of rank ≤ Σ r_t. A zero task contributes no triplets.
     """
 
     name = "tsv"
@@ -25,20 +25,19 @@ class TSV(MergeMethod):
 
     def merge(self, deltas: list[Delta], key: str) -> Delta:
         shape = shape_of(deltas, key)
-        lowrank = all_lowrank(deltas)
-        if not lowrank:
-            deltas = densify(deltas)
-        per_task = min(shape) // len(deltas)
+        return merge_factors(deltas, shape, lambda ds: self.factors(ds, shape))
+
+    def factors(self, deltas: list[Delta], shape: tuple[int, int]) -> Factors | None:
+        per_task = min(shape) // len(deltas)  # p = min(n, m) of the ambient matrix, as the reference
         Us, Ss, Vhs = [], [], []
-        for d in deltas:
-            U, S, Vh = task_svd(d)
+        for U, S, Vh in task_svds(deltas, shape):
             k = min(per_task, S.numel())
             Us.append(U[:, :k])
             Ss.append(S[:k])
             Vhs.append(Vh[:k])
         S = torch.cat(Ss)
         if S.numel() == 0:
-            return zero_like(shape, lowrank, device_of(deltas[0]))
-        Ou = polar(torch.cat(Us, dim=1))
-        Ov = polar(torch.cat(Vhs, dim=0).T)
-        return output(self.alpha * Ou * S, Ov.T, lowrank)
+            return None
+        Ou = polar(torch.cat(Us, dim=1), shape)
+        Ov = polar(torch.cat(Vhs, dim=0).T, shape)
+        return self.alpha * Ou * S, Ov.T
