@@ -1,8 +1,8 @@
 """Content-addressed cache of evaluation results: one small JSON file per (model variant, task).
 
-The key hashes everything that determines a score (base and adapter hashes, method and params, task
-version and sampled ids, backend, limit), so a rerun or an extended run recomputes nothing already
-done, and a killed run resumes where it stopped. Files are written atomically.
+The key hashes everything that determines a score (base and adapter hashes, method, params and the
+hash of the merge code, task version and sampled ids, backend, limit), so a rerun or an extended run
+recomputes nothing already done, and a killed run resumes where it stopped. Files are written atomically.
 """
 from __future__ import annotations
 

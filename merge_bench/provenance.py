@@ -1,6 +1,8 @@
-"""What every result records about where it came from: versions, hardware, git commit."""
+"""What every result records about where it came from: versions, hardware, git commit, merge code."""
 from __future__ import annotations
 
+import hashlib
+import inspect
 import os
 import platform
 import subprocess
@@ -45,3 +47,27 @@ def git_commit() -> str | None:
     status = git("status", "--porcelain", "--untracked-files=no", "--", str(here))
     dirty = status is not None and status.returncode == 0 and status.stdout.strip() != ""
     return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+# The package files whose code decides a merged delta: the task vector maths, the input reading
+# (LoRA scales, name mapping), the engine and every built-in method.
+MERGE_CODE = ("delta.py", "numerics.py", "selection.py", "adapters.py", "engine.py", "methods/*.py")
+
+
+def merge_code_sha256(cls: type) -> str:
+    """A hash of the source that computes ``cls``'s merges: the package's merge code (MERGE_CODE)
+    plus the class's own file when it lives outside the package (a plugin method).
+
+    Cached evaluations of merged models are keyed by it, so a change to the maths evaluates again
+    instead of reading back a score of the old code (conservative: a comment edit does too).
+    """
+    root = Path(__file__).parent
+    files = sorted({p for pattern in MERGE_CODE for p in root.glob(pattern)})
+    own = inspect.getsourcefile(cls)
+    if own is not None and Path(own).resolve() not in {f.resolve() for f in files}:
+        files.append(Path(own))
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.relative_to(root).as_posix().encode() if f.is_relative_to(root) else f.name.encode())
+        digest.update(hashlib.sha256(f.read_bytes()).digest())
+    return digest.hexdigest()

@@ -21,7 +21,7 @@ from . import __version__
 from .backbones import Backbone, get_backbone, resolve
 from .cache import ResultCache, cache_root, content_hash, dir_sha256, write_json_atomic
 from .methods import available_methods, get_method
-from .provenance import git_commit, hardware, versions
+from .provenance import git_commit, hardware, merge_code_sha256, versions
 from .scores import normalized
 
 PROTOCOL = "v1"
@@ -73,6 +73,7 @@ class MethodRun:
     name: str
     spec: str  # what get_method was given (a name or a file spec)
     config: dict[str, Any]
+    code: str  # provenance.merge_code_sha256 of its class: part of the cache key of its scores
 
 
 def resolve_methods(names: list[str] | None, params: dict[str, dict[str, Any]]) -> list[MethodRun]:
@@ -87,7 +88,7 @@ def resolve_methods(names: list[str] | None, params: dict[str, dict[str, Any]]) 
         config = cls(**overrides).config  # validates the params before any heavy work
         changed = {k: v for k, v in config.items() if k in overrides}
         key = cls.name + ("[" + ",".join(f"{k}={v}" for k, v in sorted(changed.items())) + "]" if changed else "")
-        runs.append(MethodRun(key, cls.name, spec, config))
+        runs.append(MethodRun(key, cls.name, spec, config, merge_code_sha256(cls)))
     stray = sorted(set(params) - {r.name for r in runs} - set(names))
     if stray:
         raise ValueError(f"--param given for method(s) {stray} that are not being run")
@@ -131,8 +132,8 @@ def run_benchmark(cfg: RunConfig, *, backbone: Backbone | None = None, progress:
     merged_inputs = [{"task": t, "sha256": adapter_sha[t]} for t in tasks]
     jobs: list[tuple[str, dict, list[str]]] = [("pretrained", {"kind": "pretrained"}, tasks)]
     jobs += [(f"lora:{t}", {"kind": "lora", "adapter": adapter_sha[t]}, [t]) for t in tasks]
-    jobs += [(f"merged:{m.key}", {"kind": "merged", "method": m.name, "params": m.config, "inputs": merged_inputs},
-              tasks) for m in methods]
+    jobs += [(f"merged:{m.key}", {"kind": "merged", "method": m.name, "params": m.config, "inputs": merged_inputs,
+                                  "code": m.code}, tasks) for m in methods]
     pending = {name: [t for t in ts if cache.get(key(v, t)) is None] for name, v, ts in jobs}
     todo = sum(len(ts) for ts in pending.values())
 
@@ -192,7 +193,7 @@ def run_benchmark(cfg: RunConfig, *, backbone: Backbone | None = None, progress:
         scores = {t: r["score"] for t, r in results.items()}
         record["methods"][m.key] = {"method": m.name, "params": m.config, "scores": scores,
                                     "normalized": normalized(scores, lora),
-                                    "merged_sha256": results[ts[0]].get("merged_sha256")}
+                                    "merged_sha256": results[ts[0]].get("merged_sha256"), "merge_code_sha256": m.code}
     record["record_sha256"] = content_hash(record)
     path = Path(cfg.out) / f"{bb.name}-{content_hash(tasks)[:8]}-{record['created'].replace(':', '')}.json"
     write_json_atomic(path, record)

@@ -10,6 +10,8 @@ from merge_bench.micro import build_micro_suite
 
 from merge_bench import run as run_mod
 from merge_bench.backbones import get_backbone
+from merge_bench.methods import get_method
+from merge_bench.provenance import merge_code_sha256
 from merge_bench.run import RunConfig, pick_tasks, results_table, run_benchmark
 
 
@@ -87,6 +89,29 @@ def test_run_end_to_end_and_resume(micro_backbone, cache, tmp_path, monkeypatch,
     again = run_benchmark(cfg, backbone=micro_backbone, progress=False)
     assert calls == []
     assert again["methods"] == record["methods"] and again["lora"] == record["lora"]
+
+
+def test_a_change_to_the_merge_code_evaluates_merged_rows_again(micro_backbone, cache, tmp_path, monkeypatch):
+    calls = count_evaluations(monkeypatch)
+    cfg = RunConfig(backbone="micro", methods=["simple_avg"], out=tmp_path / "runs", tasks=["color"])
+    first = run_benchmark(cfg, backbone=micro_backbone, progress=False)
+    assert first["methods"]["simple_avg"]["merge_code_sha256"] == merge_code_sha256(get_method("simple_avg"))
+    calls.clear()
+    # Another merge implementation (here: a stand-in hash) must not read back the old merged score;
+    # the pretrained and LoRA rows do not depend on it and stay cached.
+    monkeypatch.setattr(run_mod, "merge_code_sha256", lambda cls: "0" * 64)
+    run_benchmark(cfg, backbone=micro_backbone, progress=False)
+    assert calls == [("color",)]
+
+
+def test_merge_code_hash_covers_the_methods_and_a_plugin_file(tmp_path):
+    plugin = tmp_path / "mine.py"
+    plugin.write_text("from merge_bench.methods.simple_avg import SimpleAvg\n\n"
+                      "class Mine(SimpleAvg):\n    name = 'mine'\n")
+    first = merge_code_sha256(get_method(f"{plugin}:Mine"))
+    assert first != merge_code_sha256(get_method("simple_avg"))
+    plugin.write_text(plugin.read_text() + "# edited\n")
+    assert merge_code_sha256(get_method(f"{plugin}:Mine")) != first
 
 
 def test_param_override_is_its_own_row(micro_backbone, cache, tmp_path):

@@ -6,6 +6,7 @@ names a ``MergeMethod`` subclass) or as ``path/to/file.py:ClassName``.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -58,7 +59,13 @@ def load_method_file(spec: str) -> type[MergeMethod]:
         raise ValueError(f"method file {path} does not exist (from {spec!r}; expected path/to/file.py:ClassName)")
     module_spec = importlib.util.spec_from_file_location(f"merge_bench_plugin_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
-    module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+    # Registered like an import, so inspect (provenance.merge_code_sha256) and dataclasses find it.
+    sys.modules[module_spec.name] = module  # type: ignore[union-attr]
+    try:
+        module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+    except BaseException:
+        del sys.modules[module_spec.name]  # type: ignore[union-attr]
+        raise
     if not hasattr(module, attr):
         raise ValueError(f"method file {path} has no attribute {attr!r}")
     return _check(getattr(module, attr), spec)
