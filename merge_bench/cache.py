@@ -24,10 +24,16 @@ def content_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+# Files that describe a local copy rather than the model: the tiny base's conversion manifest
+# records file mtimes, so hashing it would give every machine (and every re-verification) its own
+# "base", and their leaderboard entries could never share reference rows.
+LOCAL_FILES = frozenset({"merge_bench_manifest.json"})
+
+
 def dir_sha256(path: Path, patterns: tuple[str, ...] = ("*.safetensors", "*.bin", "*.json")) -> str:
-    """A stable hash over a model or adapter directory's weight and config files."""
+    """A stable hash over a model or adapter directory's weight and config files (content only)."""
     path = Path(path)
-    files = sorted({p for pat in patterns for p in path.glob(pat) if p.is_file()})
+    files = sorted({p for pat in patterns for p in path.glob(pat) if p.is_file() and p.name not in LOCAL_FILES})
     if not files:
         raise FileNotFoundError(f"{path} holds no model files (looked for {', '.join(patterns)})")
     return content_hash({p.name: sha256_file(p) for p in files})

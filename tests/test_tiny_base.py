@@ -14,6 +14,7 @@ import torch
 
 from merge_bench.backbones import tiny
 from merge_bench.backbones.tiny import MANIFEST, ensure_tiny_base
+from merge_bench.cache import LOCAL_FILES, dir_sha256
 from merge_bench.io import sha256_file
 
 from merge_bench.micro import CHAT_TEMPLATE, build_tokenizer
@@ -165,6 +166,11 @@ def test_conversion_is_byte_deterministic(converted, fake_gguf, tmp_path):
     for p in first.iterdir():
         if p.name != MANIFEST:
             assert (second / p.name).read_bytes() == p.read_bytes(), p.name
+    # So the base's content hash (run records, leaderboard reference rows) is the same on every
+    # machine: it leaves out the manifest, whose mtimes differ between the two conversions.
+    assert MANIFEST in LOCAL_FILES
+    assert (second / MANIFEST).read_bytes() != (first / MANIFEST).read_bytes()
+    assert dir_sha256(second) == dir_sha256(first)
 
 
 def test_second_call_does_not_convert(converted, fake_gguf, monkeypatch):
