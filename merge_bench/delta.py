@@ -85,8 +85,9 @@ def span(F: Tensor) -> tuple[Tensor, Tensor]:
     F may be a batch (T×n×r): then W and C are T×r×r and a dropped direction is a zero column of W
     and a zero row of C (so Q·C = F still holds), which keeps the batch rectangular.
 
-    Found from the float64 Gram FᵀF instead of a Householder QR: for a 4096×16 LoRA factor the
-    Gram costs a tenth of the QR, and for the 4096×192 factors of a 12-task merge a fifth. Columns
+    Found from the float64 Gram FᵀF instead of a Householder QR (measured on 2 cores: 0.12 ms
+    against 0.46 ms for a 4096×16 LoRA factor in a batch of 12, 4.4 against 21 ms for the
+    4096×192 stack of a 12-task merge). Columns
     are scaled to unit norm first, so a task of tiny scale keeps its directions; exactly-zero columns
     get zero coordinates. A Cholesky gives Q = F·L⁻ᵀ when it certifies that F̂ = F·D⁻¹ is well
     conditioned (λ_min(F̂ᵀF̂) ≥ 1/‖L⁻¹‖²_F well above the rank cut); otherwise an eigendecomposition

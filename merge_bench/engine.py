@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 MethodSpec = Union[str, type, MergeMethod]
 
+# At most this many matrices are merged at once (factor-space merges on the CPU, see ``_run``); on a
+# larger CPU each worker gets its share of the threads: more Python threads would only queue on the GIL.
+MAX_WORKERS = 8
+
 
 @dataclass(frozen=True)
 class InputRecord:
@@ -232,7 +236,7 @@ def merge(method: MethodSpec, adapters: Sequence[Union[str, Path]], *, params: M
     every Δ; with ``stream`` it runs while the result's ``items()`` are consumed (by a writer).
     ``threads`` caps torch's intra-op threads while inputs are read and the merge runs; a
     factor-space merge of LoRA inputs on the CPU instead merges that many matrices at once, with
-    one intra-op thread each (None: torch's thread count).
+    one intra-op thread each (at most MAX_WORKERS matrices; None: torch's thread count).
     """
     instance = make_method(method, params)
     targets = normalize_targets(targets)
@@ -280,12 +284,13 @@ def module_stream(the_plan: Plan, device: torch.device):
 def _run(method: MergeMethod, the_plan: Plan, device: torch.device, expect_lowrank: bool,
          progress: bool, threads: int | None) -> Iterator[tuple[str, Delta]]:
     # Factor-space merges of LoRA inputs are many small QR/SVD-sized problems on which torch's
-    # intra-op threads barely help; merging `threads` matrices at once, one intra-op thread each,
-    # is faster (measured on 2 cores, 32 Mistral-shape layers × 12 LoRAs: iso_c 1.27×, tsv 1.35×,
-    # iso_cts 1.47×, drm 1.36×). Dense merges keep one matrix at a time: their large elementwise
-    # kernels use the threads well, and two matrices in flight would double the peak memory.
+    # intra-op threads barely help; merging `threads` matrices at once (at most MAX_WORKERS, which
+    # then share the threads) is faster (measured on 2 cores, 32 Mistral-shape layers × 12 LoRAs:
+    # iso_c 1.27×, tsv 1.35×, iso_cts 1.47×, drm 1.36×). Dense merges keep one matrix at a time:
+    # their large elementwise kernels use the threads well, and two matrices in flight would double
+    # the peak memory.
     with torch_threads(threads):
-        workers = torch.get_num_threads() if expect_lowrank and device.type == "cpu" else 1
+        workers = min(torch.get_num_threads(), MAX_WORKERS) if expect_lowrank and device.type == "cpu" else 1
         yield from _merge_all(method, the_plan, device, expect_lowrank, progress, workers)
 
 
@@ -309,7 +314,8 @@ def _merge_all(method: MergeMethod, the_plan: Plan, device: torch.device, expect
             return
         # In order; one matrix more than `workers` in flight keeps them busy while this thread reads
         # the next task vectors and the consumer writes the last result.
-        with torch_threads(1), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="merge-bench-merge") as pool:
+        per_worker = max(1, torch.get_num_threads() // workers)
+        with torch_threads(per_worker), ThreadPoolExecutor(workers, thread_name_prefix="merge-bench-merge") as pool:
             pending: deque[tuple[str, Future]] = deque()
             for key, deltas in stream():
                 pending.append((key, pool.submit(one, key, deltas)))

@@ -123,8 +123,10 @@ def write_adapters(root, n_tasks=3):
 def test_merging_matrices_concurrently_gives_the_sequential_result(tmp_path, method):
     # threads=2 merges two matrices at once (one intra-op thread each); threads=1 one at a time.
     paths = write_adapters(tmp_path)
+    before = torch.get_num_threads()
     one = merge(method, paths, threads=1)
     two = merge(method, paths, threads=2)
+    assert torch.get_num_threads() == before  # the process-wide setting is put back
     assert two.keys == one.keys  # same order
     for key in one.keys:
         assert torch.equal(dense(one.deltas[key]), dense(two.deltas[key])), key

@@ -77,8 +77,8 @@ class DRM(MergeMethod):
 
     For LoRA inputs the shared side runs in core space (``factor.merge_factors``) and the joint SVD
     is exact in factor space (a core of side ≤ Σ r_t); only the per-task k×m blocks (k ≤ Σ r_t) are
-    materialized, because pruning and sign election act on their entries. Δ* = U·Ȳ comes back as a LowRank of rank
-    ≤ Σ r_t. DRM-V is DRM-H on the transposed task vectors, transposed back (Δ* = Ȳ·Vᵀ).
+    materialized, because pruning and sign election act on their entries. Δ* = U·Ȳ comes back as a
+    LowRank of rank ≤ Σ r_t. DRM-V is DRM-H on the transposed task vectors, transposed back (Δ* = Ȳ·Vᵀ).
 
     Decisions (match the reference unless noted): the joint prune keeps one entry more than
     round((1 − p)·L) because the reference thresholds at the (L − round((1 − p)·L))-th smallest

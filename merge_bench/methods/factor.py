@@ -22,7 +22,7 @@ that may cancel).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor
@@ -69,7 +69,7 @@ Factors = tuple[Tensor, Tensor]  # (B, A) of a result B·A
 
 
 def merge_factors(deltas: list[Delta], shape: tuple[int, int], factors: Callable[[list[Delta]], Factors | None],
-                  reduce_sides: str = "both") -> Delta:
+                  reduce_sides: Literal["both", "left", "none"] = "both") -> Delta:
     """Δ* = B·A with (B, A) = ``factors(task vectors)``; None means Δ* = 0.
 
     LoRA inputs give a LowRank in COMPUTE_DTYPE: with ``reduce_sides`` "both" or "left" the maths
@@ -84,12 +84,12 @@ def merge_factors(deltas: list[Delta], shape: tuple[int, int], factors: Callable
         return (result[0].to(SVD_DTYPE) @ result[1].to(SVD_DTYPE)).to(COMPUTE_DTYPE)
     if reduce_sides == "none":
         result = factors(deltas)
-        lift = lambda B, A: LowRank(B.to(COMPUTE_DTYPE).contiguous(), A.to(COMPUTE_DTYPE).contiguous())  # noqa: E731
-    else:
-        space = reduce(deltas, right=reduce_sides == "both")  # type: ignore[arg-type]
-        result = None if space.empty else factors(space.deltas)
-        lift = space.lift
-    return LowRank.zeros(*shape, device=device) if result is None else lift(*result)
+        if result is None:
+            return LowRank.zeros(*shape, device=device)
+        return LowRank(*(x.to(COMPUTE_DTYPE).contiguous() for x in result))
+    space = reduce(deltas, right=reduce_sides == "both")  # type: ignore[arg-type]
+    result = None if space.empty else factors(space.deltas)
+    return LowRank.zeros(*shape, device=device) if result is None else space.lift(*result)
 
 
 def nonzero_count(S: Tensor, shape: tuple[int, int], scale: float | None = None) -> int:
@@ -182,7 +182,7 @@ class TaskCores:
 
 
 def task_cores(deltas: list[Delta], shape: tuple[int, int]) -> TaskCores:
-    """The cores at the numerical ranks of the joint spaces (``shape``: the ambient n×m, see ``task_svd``)."""
+    """The cores at the numerical ranks of the joint spaces (``shape``: the ambient n×m, see ``task_svds``)."""
     U, Su = joint_column_svd(deltas)
     Sv, Vh = joint_row_svd(deltas)
     QL = U[:, : nonzero_count(Su, shape)]
@@ -227,9 +227,9 @@ class Reduced:
         """The core-space result B·A as a LowRank in the ambient space: (Q_B·B, A·Q_Aᵀ).
 
         The small coefficients are float64; the n×R and R×m products are float32, as the result
-        is (rounding about eps32·cond(B̂_cat), e.g. 1e-5 at cond 165, the worst of the tiny suite's
-        trained factors; the result keeps orthonormal-type factors, so storing it in bf16 adds
-        nothing to that).
+        is: rounding of about eps32·cond(B̂_cat) (measured against the float64 path on the tiny
+        suite, whose stacked trained B's reach cond 165: ≤ 6e-7 relative). Q_B·B inherits B's
+        conditioning, so storing the factors in bf16 does not amplify their rounding.
         """
         B = self.B @ (self.WB @ B.to(SVD_DTYPE)).to(COMPUTE_DTYPE)
         if self.WA is not None:
