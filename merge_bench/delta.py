@@ -125,6 +125,15 @@ def span(F: Tensor) -> tuple[Tensor, Tensor]:
     return W[0][:, keep], C[0][keep]
 
 
+def padded_stack(factors: list[Tensor], r: int, dtype: torch.dtype) -> Tensor:
+    """The n × r_t factors as one T × n × r batch, each zero-padded on the right to r columns (zero
+    columns change no product, and ``span`` gives them zero coordinates)."""
+    out = factors[0].new_zeros((len(factors), factors[0].shape[0], r), dtype=dtype)
+    for t, F in enumerate(factors):
+        out[t, :, : F.shape[1]] = F
+    return out
+
+
 def svds(deltas: list[LowRank]) -> list[tuple[Tensor, Tensor, Tensor]]:
     """Thin SVDs U·diag(S)·Vh (S descending, SVD_DTYPE) of LowRanks of one shape, batched.
 
@@ -140,11 +149,8 @@ def svds(deltas: list[LowRank]) -> list[tuple[Tensor, Tensor, Tensor]]:
     if r == 0:
         z = deltas[0].B.new_zeros
         return [(z(n, 0, dtype=dtype), z(0, dtype=SVD_DTYPE), z(0, m, dtype=dtype)) for _ in deltas]
-    B = deltas[0].B.new_zeros((len(deltas), n, r), dtype=dtype)
-    At = deltas[0].B.new_zeros((len(deltas), m, r), dtype=dtype)
-    for t, d in enumerate(deltas):
-        B[t, :, : d.rank] = d.B
-        At[t, :, : d.rank] = d.A.T
+    B = padded_stack([d.B for d in deltas], r, dtype)
+    At = padded_stack([d.A.T for d in deltas], r, dtype)
     Wb, Cb = span(B)
     Wa, Ca = span(At)
     Uc, S, Vch = torch.linalg.svd(Cb @ Ca.mT)

@@ -27,7 +27,7 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
-from ..delta import Delta, LowRank, all_lowrank, span, svd, svds
+from ..delta import Delta, LowRank, all_lowrank, padded_stack, span, svd, svds
 from ..numerics import COMPUTE_DTYPE, SVD_DTYPE
 
 EPS32 = torch.finfo(torch.float32).eps
@@ -131,11 +131,7 @@ def joint_column_svd(deltas: list[Delta]) -> tuple[Tensor, Tensor]:
             return torch.zeros(n, 0, dtype=SVD_DTYPE, device=device), torch.zeros(0, dtype=SVD_DTYPE, device=device)
         B = torch.cat([d.B for d in parts], dim=1)
         Wb, Cb = span(B)
-        r = max(d.rank for d in parts)
-        At = B.new_zeros((len(parts), parts[0].shape[1], r), dtype=SVD_DTYPE)  # zero-padded, batched
-        for t, d in enumerate(parts):
-            At[t, :, : d.rank] = d.A.T
-        Ca = span(At)[1]
+        Ca = span(padded_stack([d.A.T for d in parts], max(d.rank for d in parts), SVD_DTYPE))[1]
         blocks, col = [], 0
         for d, C in zip(parts, Ca):
             blocks.append(Cb[:, col:col + d.rank] @ C[:, : d.rank].T)
