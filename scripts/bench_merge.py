@@ -75,7 +75,7 @@ def worker(args: argparse.Namespace) -> dict:
     import transformers  # noqa: F401
 
     import merge_bench
-    from merge_bench.methods import get_method
+    from merge_bench.merging.methods import get_method
 
     cls = get_method(args.method)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from merge_bench.methods import available_methods
+    from merge_bench.merging.methods import available_methods
 
     registry = available_methods()
     methods = sorted(registry) if args.methods == "all" else [m.strip() for m in args.methods.split(",")]

@@ -15,7 +15,7 @@ from pathlib import Path
 from merge_bench.leaderboard.build import build_leaderboard
 from merge_bench.leaderboard.convert import entries_from_record
 from merge_bench.leaderboard.store import default_root, write_entry
-from merge_bench.run import RunConfig, run_benchmark
+from merge_bench.bench.run import RunConfig, run_benchmark
 
 
 def main() -> None:

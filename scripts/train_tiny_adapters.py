@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from make_tiny_data import DEFAULT_OUT as DATA_DIR  # noqa: E402
 from make_tiny_data import TASK_BY_SHORT, TASKS, relpath  # noqa: E402
 
-from merge_bench.io import atomic_dir, atomic_write_text, sha256_file  # noqa: E402
+from merge_bench.io.files import atomic_dir, atomic_write_text, sha256_file  # noqa: E402
 
 ADAPTERS_DIR = ROOT / "adapters" / "tiny"
 BASE_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # recorded in adapter_config.json instead of a local path

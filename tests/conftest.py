@@ -7,7 +7,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-from merge_bench.micro import build_micro_llama, build_random_lora  # noqa: E402
+from merge_bench.backbones.micro import build_micro_llama, build_random_lora  # noqa: E402
 
 
 @pytest.fixture(scope="session")

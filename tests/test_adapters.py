@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from merge_bench.micro import build_random_lora
+from merge_bench.backbones.micro import build_random_lora
 from safetensors.torch import load_file, save_file
 
-from merge_bench.adapters import BaseModel, FullCheckpoint, LoraAdapter, open_input, pattern_value, plan
-from merge_bench.delta import LowRank
+from merge_bench.merging.adapters import BaseModel, FullCheckpoint, LoraAdapter, open_input, pattern_value, plan
+from merge_bench.merging.delta import LowRank
 
 
 def peft_task_vectors(base_dir: Path, adapter_dir: Path) -> dict[str, torch.Tensor]:
@@ -221,7 +221,7 @@ def test_full_checkpoint_task_vectors(micro_llama, finetuned):
 def test_union_of_targets_missing_module_is_zero(micro_llama, micro_loras, tmp_path, caplog):
     qk = build_random_lora(micro_llama, tmp_path / "qk", seed=9, targets=("q_proj", "k_proj"))
     inputs = [LoraAdapter(micro_loras[0]), LoraAdapter(qk)]
-    with caplog.at_level(logging.WARNING, logger="merge_bench.adapters"):
+    with caplog.at_level(logging.WARNING, logger="merge_bench.merging.adapters"):
         the_plan = plan(inputs, BaseModel(micro_llama))
     assert the_plan.keys == [f"model.layers.{i}.self_attn.{m}_proj.weight" for i in range(2) for m in "kqv"]
     assert any("does not target 2 of 6" in r.message and str(qk) in r.message for r in caplog.records)
@@ -271,7 +271,7 @@ def test_hub_id_resolves_from_the_local_cache(micro_loras, tmp_path, monkeypatch
 
 
 def test_finite_check_survives_an_overflowing_sum():
-    from merge_bench.io import check_finite
+    from merge_bench.io.tensors import check_finite
 
     check_finite(torch.full((8,), 3e38), "f.safetensors", "big")  # the sum overflows; every value is finite
     for bad in (float("nan"), float("inf"), -float("inf")):

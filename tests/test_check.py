@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import merge_bench.run
-from merge_bench.cache import cache_root
+import merge_bench.bench.run
+from merge_bench.io.files import cache_root
 from merge_bench.cli import main
 from merge_bench.leaderboard import DEFAULT_TOLERANCE, entries_from_record, run_check, write_entry
 from merge_bench.leaderboard.check import key_overrides, load_baseline
@@ -122,12 +122,12 @@ def test_key_overrides_reproduce_the_key():
 
 
 def test_cli_exit_codes(board, monkeypatch, capsys):
-    monkeypatch.setattr(merge_bench.run, "run_benchmark", fake_runner())
+    monkeypatch.setattr(merge_bench.bench.run, "run_benchmark", fake_runner())
     assert main(["check", "--baseline", str(board)]) == 0
     assert "check: OK" in capsys.readouterr().out
     moved = copy.deepcopy(TRUTH)
     moved["task_arithmetic"]["sentiment"] = 71.0
-    monkeypatch.setattr(merge_bench.run, "run_benchmark", fake_runner(moved))
+    monkeypatch.setattr(merge_bench.bench.run, "run_benchmark", fake_runner(moved))
     assert main(["check", "--baseline", str(board)]) == 1
     out = capsys.readouterr().out
     assert "FAILED" in out and "70.0000" in out and "71.0000" in out and "+1.0000" in out

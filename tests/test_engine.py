@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from merge_bench.micro import build_random_lora
+from merge_bench.backbones.micro import build_random_lora
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 import merge_bench
-from merge_bench.delta import LowRank
-from merge_bench.engine import merge as engine_merge
-from merge_bench.io import sha256_file, sha256_files
-from merge_bench.writers import VLLM_RANKS, _padded_rank
+from merge_bench.merging.delta import LowRank
+from merge_bench.merging.engine import merge as engine_merge
+from merge_bench.io.files import sha256_file, sha256_files
+from merge_bench.merging.writers import VLLM_RANKS, _padded_rank
 
 IDS = torch.tensor([[1, 17, 42, 99, 7, 250, 3, 311, 64, 5, 128, 2]])
 
@@ -88,8 +88,8 @@ def test_rank_padding_to_vllm_ranks(micro_llama, micro_loras, tmp_path):
 def write_plugin(tmp_path: Path) -> Path:
     path = tmp_path / "plugin_methods.py"
     path.write_text(textwrap.dedent('''
-        from merge_bench.delta import LowRank, concat, dense
-        from merge_bench.methods import MergeMethod, Param
+        from merge_bench.merging.delta import LowRank, concat, dense
+        from merge_bench.merging.methods import MergeMethod, Param
 
         class FailsLate(MergeMethod):
             name = "fails_late"
@@ -353,7 +353,7 @@ def test_apply_to_consumes_a_streamed_result(micro_llama, micro_loras):
 
 
 def test_stream_writer_checks_the_plan(tmp_path):
-    from merge_bench.io import SafetensorsStreamWriter
+    from merge_bench.io.tensors import SafetensorsStreamWriter
 
     entries = [("a", torch.float32, (2, 3)), ("b", torch.bfloat16, (4,))]
     with SafetensorsStreamWriter(tmp_path / "x.safetensors", entries) as writer:
@@ -410,8 +410,8 @@ def test_threads_are_capped_during_the_merge_and_restored(micro_loras, tmp_path)
     plugin = tmp_path / "threads_probe.py"
     plugin.write_text(textwrap.dedent('''
         import torch
-        from merge_bench.delta import concat
-        from merge_bench.methods import MergeMethod
+        from merge_bench.merging.delta import concat
+        from merge_bench.merging.methods import MergeMethod
 
         class Probe(MergeMethod):
             name = "probe"

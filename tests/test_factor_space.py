@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from merge_bench.delta import LowRank, concat, dense, span, svd, svds
-from merge_bench.engine import merge
-from merge_bench.methods import get_method
-from merge_bench.methods.factor import reduce
+from merge_bench.merging.delta import LowRank, concat, dense, span, svd, svds
+from merge_bench.merging.engine import merge
+from merge_bench.merging.methods import get_method
+from merge_bench.merging.methods.factor import reduce
 
 
 def randn(*shape, seed=0, dtype=torch.float64):

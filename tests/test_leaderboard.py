@@ -1,6 +1,6 @@
 """Leaderboard entries: conversion from run records, schema round trip, validation, submit.
 
-Run records are fabricated here (``make_record``) with the same shape as ``merge_bench.run``'s,
+Run records are fabricated here (``make_record``) with the same shape as ``merge_bench.bench.run``'s,
 and consistent numbers (normalized scores computed from the per-task ones), so these tests do not
 need the evaluation pipeline.
 """
@@ -20,7 +20,7 @@ from merge_bench.leaderboard import (
     validate_leaderboard, write_entry,
 )
 from merge_bench.leaderboard.submit import parse_params
-from merge_bench.run import RunConfig, resolve_methods
+from merge_bench.bench.run import RunConfig, resolve_methods
 
 LORA = {"sentiment": 99.0, "topic": 97.0, "nli": 88.5, "add": 70.0}
 PRETRAINED = {"sentiment": 12.0, "topic": 30.5, "nli": 33.0, "add": 1.5}
@@ -43,7 +43,7 @@ def norm(scores: dict[str, float], tasks: list[str]) -> float:
 def make_record(tasks: list[str], methods: dict[str, tuple[str, dict[str, Any]]], *, truth=TRUTH,
                 pretrained=PRETRAINED, lora=LORA, backbone: str = "tiny", seed: int = 42, limit: int | None = None,
                 created: str = "2026-11-22T12:00:00Z", torch_version: str = "2.13.0") -> dict:
-    """A run record as ``merge_bench.run.run_benchmark`` writes it, with consistent numbers."""
+    """A run record as ``merge_bench.bench.run.run_benchmark`` writes it, with consistent numbers."""
     pre = {t: pretrained[t] for t in tasks}
     lo = {t: lora[t] for t in tasks}
     return {
@@ -259,8 +259,8 @@ def test_validate_cli_exit_codes(board, capsys):
 # --- plugins and submit -----------------------------------------------------------------------
 
 PLUGIN = '''
-from merge_bench.delta import weighted_sum
-from merge_bench.methods import MergeMethod, Param
+from merge_bench.merging.delta import weighted_sum
+from merge_bench.merging.methods import MergeMethod, Param
 
 
 class HalfSum(MergeMethod):

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from merge_bench.micro import build_micro_suite
+from merge_bench.backbones.micro import build_micro_suite
 
 from merge_bench.leaderboard import entries_from_record, run_check, submit, validate_leaderboard, write_entry
-from merge_bench.run import RunConfig, run_benchmark
+from merge_bench.bench.run import RunConfig, run_benchmark
 
 pytestmark = pytest.mark.slow
 

@@ -4,13 +4,13 @@ import math
 import pytest
 import torch
 
-from merge_bench.delta import LowRank
-from merge_bench.methods import get_method
-from merge_bench.methods.breadcrumbs import Breadcrumbs, breadcrumb_mask
-from merge_bench.methods.dare import Dare, drop_mask, mask_seed
-from merge_bench.methods.ops import count_of, disjoint_mean, elect_sign, is_zero, percent_count, ties_combine
-from merge_bench.methods.tall_masks import TallMasks
-from merge_bench.methods.ties import Ties
+from merge_bench.merging.delta import LowRank
+from merge_bench.merging.methods import get_method
+from merge_bench.merging.methods.breadcrumbs import Breadcrumbs, breadcrumb_mask
+from merge_bench.merging.methods.dare import Dare, drop_mask, mask_seed
+from merge_bench.merging.methods.ops import count_of, disjoint_mean, elect_sign, is_zero, percent_count, ties_combine
+from merge_bench.merging.methods.tall_masks import TallMasks
+from merge_bench.merging.methods.ties import Ties
 
 
 def T(rows):
@@ -282,7 +282,7 @@ def test_breadcrumbs_rounding_and_ties():
 
 
 def test_breadcrumbs_blocks_match_one_block(monkeypatch):
-    import merge_bench.methods.breadcrumbs as bc
+    import merge_bench.merging.methods.breadcrumbs as bc
 
     x = torch.randn(37, 50, generator=torch.Generator().manual_seed(2))
     whole = breadcrumb_mask(x, 0.1, 0.2)
@@ -337,7 +337,7 @@ def sorted_rank_mask(x, gamma, beta):
 
 @pytest.mark.parametrize("gamma,beta", [(0.01, 0.1), (0.0, 0.3), (0.1, 0.2), (0.2, 0.8)])
 def test_breadcrumb_selection_equals_stable_sort_with_ties(gamma, beta, monkeypatch):
-    import merge_bench.methods.breadcrumbs as bc
+    import merge_bench.merging.methods.breadcrumbs as bc
 
     monkeypatch.setattr(bc, "BLOCK_ELEMENTS", 300)  # several row blocks
     gen = torch.Generator().manual_seed(11)
@@ -350,7 +350,7 @@ def test_breadcrumb_selection_equals_stable_sort_with_ties(gamma, beta, monkeypa
 
 
 def test_trim_in_place_equals_trim():
-    from merge_bench.methods.ops import trim, trim_
+    from merge_bench.merging.methods.ops import trim, trim_
 
     gen = torch.Generator().manual_seed(12)
     x = (torch.randn(5000, generator=gen) * 3).to(torch.bfloat16).float()
@@ -360,7 +360,7 @@ def test_trim_in_place_equals_trim():
 
 
 def test_ties_merge_rows_equals_ties_combine(monkeypatch):
-    import merge_bench.methods.ops as ops
+    import merge_bench.merging.methods.ops as ops
 
     monkeypatch.setattr(ops, "BLOCK", 60)  # several row blocks, a short last one
     gen = torch.Generator().manual_seed(13)
@@ -373,7 +373,7 @@ def test_ties_merge_rows_equals_ties_combine(monkeypatch):
 
 @pytest.mark.parametrize("name,params", ALL + [("ties", {"k": 35.0})])
 def test_row_blocks_do_not_change_the_merge(name, params, monkeypatch):
-    import merge_bench.methods.ops as ops
+    import merge_bench.merging.methods.ops as ops
 
     mats = dare_mats()
     whole = merge_all(get_method(name)(**params), mats)

@@ -8,11 +8,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from merge_bench.delta import LowRank, dense
-from merge_bench.methods import get_method
-from merge_bench.methods.dare import drop_mask
-from merge_bench.methods.iso_cts import split_sizes
-from merge_bench.methods.star import star_factors
+from merge_bench.merging.delta import LowRank, dense
+from merge_bench.merging.methods import get_method
+from merge_bench.merging.methods.dare import drop_mask
+from merge_bench.merging.methods.iso_cts import split_sizes
+from merge_bench.merging.methods.star import star_factors
 
 FACTOR_METHODS = ("metagpt", "star", "drm", "knots", "tsv", "iso_c", "iso_cts")
 

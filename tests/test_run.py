@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from merge_bench.micro import build_micro_suite
+from merge_bench.backbones.micro import build_micro_suite
 
-from merge_bench import run as run_mod
+from merge_bench.bench import run as run_mod
 from merge_bench.backbones import get_backbone
-from merge_bench.methods import get_method
-from merge_bench.provenance import merge_code_sha256
-from merge_bench.run import RunConfig, pick_tasks, results_table, run_benchmark
+from merge_bench.merging.methods import get_method
+from merge_bench.bench.provenance import merge_code_sha256
+from merge_bench.bench.run import RunConfig, pick_tasks, results_table, run_benchmark
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def count_evaluations(monkeypatch) -> list:
-    from merge_bench.evaluate import HFEvaluator
+    from merge_bench.evaluation.hf_backend import HFEvaluator
 
     calls = []
     original = HFEvaluator.evaluate
@@ -106,7 +106,7 @@ def test_a_change_to_the_merge_code_evaluates_merged_rows_again(micro_backbone, 
 
 def test_merge_code_hash_covers_the_methods_and_a_plugin_file(tmp_path):
     plugin = tmp_path / "mine.py"
-    plugin.write_text("from merge_bench.methods.simple_avg import SimpleAvg\n\n"
+    plugin.write_text("from merge_bench.merging.methods.simple_avg import SimpleAvg\n\n"
                       "class Mine(SimpleAvg):\n    name = 'mine'\n")
     first = merge_code_sha256(get_method(f"{plugin}:Mine"))
     assert first != merge_code_sha256(get_method("simple_avg"))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from merge_bench.data import task_docs
-from merge_bench.sampling import SampleSpec, content_key, sample_ids_sha256, sample_indices, sample_rows
+from merge_bench.evaluation.data import task_docs
+from merge_bench.evaluation.sampling import SampleSpec, content_key, sample_ids_sha256, sample_indices, sample_rows
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

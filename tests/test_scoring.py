@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from merge_bench.scoring import (
+from merge_bench.evaluation.scoring import (
     average_ranks,
     best_token_f1,
     contains_gold,

@@ -8,7 +8,7 @@ from collections import defaultdict
 import pytest
 
 from merge_bench.leaderboard import build_leaderboard, default_root, load_entries, validate_leaderboard
-from merge_bench.methods import BUILTIN
+from merge_bench.merging.methods import BUILTIN
 
 ROOT = default_root()
 

@@ -1,10 +1,10 @@
-"""merge_bench.selection: the exact streaming k-th largest |x| against a full sort."""
+"""merge_bench.merging.selection: the exact streaming k-th largest |x| against a full sort."""
 import math
 
 import pytest
 import torch
 
-from merge_bench.selection import keep_top_fraction, kth_largest_abs
+from merge_bench.merging.selection import keep_top_fraction, kth_largest_abs
 
 
 def brute(x: torch.Tensor, k: int) -> float:
@@ -93,8 +93,8 @@ def test_keep_top_fraction():
 def test_many_streams_match_brute_force(monkeypatch):
     import itertools
 
-    import merge_bench.selection as sel
-    from merge_bench.selection import kth_largest_abs_many
+    import merge_bench.merging.selection as sel
+    from merge_bench.merging.selection import kth_largest_abs_many
 
     monkeypatch.setattr(sel, "PIECE", 257)  # many pieces per chunk
     gen = torch.Generator().manual_seed(7)
@@ -129,7 +129,7 @@ def test_many_streams_match_brute_force(monkeypatch):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_against_kthvalue_with_negatives_zeros_and_duplicates(seed, monkeypatch):
-    import merge_bench.selection as sel
+    import merge_bench.merging.selection as sel
 
     monkeypatch.setattr(sel, "PIECE", 1000)
     gen = torch.Generator().manual_seed(seed)

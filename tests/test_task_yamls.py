@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from merge_bench.cli import main as cli_main
-from merge_bench.data import export_mirror, holdout_indices, load_split, mirror_file, read_jsonl, task_docs
-from merge_bench.tasks import list_tasks, suite_group, task_manager, tasks_dir
+from merge_bench.evaluation.data import export_mirror, holdout_indices, load_split, mirror_file, read_jsonl, task_docs
+from merge_bench.evaluation.tasks import list_tasks, suite_group, task_manager, tasks_dir
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from merge_bench.adapters import LoraAdapter
+from merge_bench.merging.adapters import LoraAdapter
 
 ROOT = Path(__file__).resolve().parents[1]
 ADAPTERS = ROOT / "adapters" / "tiny"
@@ -148,7 +148,7 @@ def test_training_is_reproducible_and_seeded(micro_llama, tmp_path):
 
 def test_tiny_backbone_serves_the_shipped_adapters():
     from merge_bench.backbones import DEFAULT_BACKBONE, get_backbone, resolve
-    from merge_bench.tasks import tasks_dir
+    from merge_bench.evaluation.tasks import tasks_dir
 
     tiny = get_backbone(DEFAULT_BACKBONE)
     assert tiny.name == "tiny" and tiny.tasks == sorted(SHORTS)

@@ -14,10 +14,10 @@ import torch
 
 from merge_bench.backbones import tiny
 from merge_bench.backbones.tiny import MANIFEST, ensure_tiny_base
-from merge_bench.cache import LOCAL_FILES, dir_sha256
-from merge_bench.io import sha256_file
+from merge_bench.io.files import LOCAL_FILES, dir_sha256
+from merge_bench.io.files import sha256_file
 
-from merge_bench.micro import CHAT_TEMPLATE, build_tokenizer
+from merge_bench.backbones.micro import CHAT_TEMPLATE, build_tokenizer
 
 LAYERS, HIDDEN, FFN, HEADS, KV = 2, 64, 128, 4, 2
 

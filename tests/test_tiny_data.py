@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from merge_bench.scoring import match_label
+from merge_bench.evaluation.scoring import match_label
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tasks" / "tiny" / "data"

@@ -14,11 +14,11 @@ if os.environ.get("MERGE_BENCH_REQUIRE_VLLM") == "1":  # CI: a broken vLLM insta
 else:
     pytest.importorskip("vllm", reason="vLLM is tested in .venv-vllm (scripts/setup_vllm_cpu.sh); not installed here")
 
-from merge_bench.micro import build_random_lora  # noqa: E402
+from merge_bench.backbones.micro import build_random_lora  # noqa: E402
 
 from merge_bench.backbones import AdapterRef, Backbone, EvalDefaults  # noqa: E402
 from merge_bench.backbones.tiny import ensure_tiny_base  # noqa: E402
-from merge_bench.run import RunConfig, run_benchmark  # noqa: E402
+from merge_bench.bench.run import RunConfig, run_benchmark  # noqa: E402
 
 TASKS = ["sentiment", "topic"]
 LIMIT = 16

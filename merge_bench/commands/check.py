@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..leaderboard import DEFAULT_TOLERANCE, run_check
-
 
 def run(args) -> int:
+    from ..leaderboard import DEFAULT_TOLERANCE, run_check
+
     report = run_check(
-        [Path(p) for p in args.baseline] if args.baseline else None, tolerance=args.tolerance,
+        [Path(p) for p in args.baseline] if args.baseline else None,
+        tolerance=DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance,
         backbone=args.backbone, methods=args.methods, device=args.device, out=Path(args.out) if args.out else None,
         batch_size=args.batch_size,
     )
@@ -20,8 +21,8 @@ def register(sub) -> None:
     p = sub.add_parser("check", help="rerun a baseline (default: the leaderboard's embedded-suite entries) and compare")
     p.add_argument("--baseline", nargs="+", metavar="PATH",
                    help="leaderboard directory, entry files or a run record (default: the repository's leaderboard/)")
-    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                   help=f"allowed move in score points, 0–100 scale (default {DEFAULT_TOLERANCE:g})")
+    p.add_argument("--tolerance", type=float,
+                   help="allowed move in score points, 0–100 scale (default: leaderboard.check.DEFAULT_TOLERANCE)")
     p.add_argument("--backbone", default="tiny", help="only this backbone (default tiny)")
     p.add_argument("--methods", nargs="+", help="only these methods (names or method keys)")
     p.add_argument("--device", help="run on this device instead of the baseline's")

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data import DATA_DIR_ENV, export_mirror
-
 
 def run_export(args) -> int:
+    from ..evaluation.data import DATA_DIR_ENV, export_mirror
+
     written = export_mirror(None if args.suite == "all" else args.suite, Path(args.to))
     for path in written:
         print(path)

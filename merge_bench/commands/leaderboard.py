@@ -4,20 +4,24 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..leaderboard import build_leaderboard, default_root, show_text, validate_leaderboard
-
 
 def _root(args) -> Path:
+    from ..leaderboard import default_root
+
     return Path(args.root) if args.root else default_root()
 
 
 def run_build(args) -> int:
+    from ..leaderboard import build_leaderboard
+
     written = build_leaderboard(_root(args))
     print(f"leaderboard build: wrote {len(written)} file(s) under {_root(args)}")
     return 0
 
 
 def run_validate(args) -> int:
+    from ..leaderboard import validate_leaderboard
+
     entries, problems = validate_leaderboard(_root(args))
     for problem in problems:
         print(problem, file=sys.stderr)
@@ -29,6 +33,8 @@ def run_validate(args) -> int:
 
 
 def run_show(args) -> int:
+    from ..leaderboard import show_text, validate_leaderboard
+
     entries, problems = validate_leaderboard(_root(args))
     if problems:
         print(f"warning: {len(problems)} problem(s); run `merge-bench leaderboard validate`", file=sys.stderr)

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import time
 
-from ..methods import get_method
-from ..writers import FORMATS
 
+from ..merging import FORMATS
 
 def parse_params(items: list[str] | None) -> dict[str, str]:
     """``["k=v", ...]`` → ``{"k": "v"}``; values stay text for the method's typed parser."""
@@ -21,7 +20,8 @@ def parse_params(items: list[str] | None) -> dict[str, str]:
 
 
 def run(args) -> int:
-    from .. import merge
+    from ..merging.api import merge
+    from ..merging.methods import get_method
 
     params = parse_params(args.param)
     get_method(args.method)(**params)  # fail on an unknown method or parameter before reading any input

@@ -1,12 +1,9 @@
 """``merge-bench methods``: list the registered merge methods with their parameters."""
 from __future__ import annotations
 
-from tabulate import tabulate
-
-from ..methods import available_methods
-
-
 def method_rows() -> list[list[str]]:
+    from ..merging.methods import available_methods
+
     rows = []
     for name, cls in sorted(available_methods().items()):
         params = ", ".join(f"{p.name}={p.default!r}" + (f" {list(p.choices)}" if p.choices else "") for p in cls.params)
@@ -15,6 +12,8 @@ def method_rows() -> list[list[str]]:
 
 
 def run(args) -> int:
+    from tabulate import tabulate
+
     print(tabulate(method_rows(), headers=["method", "space", "parameters (defaults)", "description"]))
     return 0
 

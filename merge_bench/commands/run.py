@@ -4,8 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..backbones import DEFAULT_BACKBONE
-from .. import run as pipeline
-from ..run import RunConfig
 
 
 def parse_method_params(items: list[str]) -> dict[str, dict[str, str]]:
@@ -40,7 +38,9 @@ def add_run_options(p) -> None:
     p.add_argument("--out", type=Path, default=Path("runs"), help="where run records go (default: runs/)")
 
 
-def config_from_args(args, methods: list[str] | None) -> RunConfig:
+def config_from_args(args, methods: list[str] | None):
+    from ..bench.run import RunConfig
+
     return RunConfig(backbone=args.backbone, n_tasks=args.n_tasks, tasks=split_list(args.tasks), methods=methods,
                      params=parse_method_params(args.param), seed=args.seed, backend=args.backend,
                      device=args.device, limit=args.limit, out=args.out, batch_size=args.batch_size,
@@ -48,7 +48,9 @@ def config_from_args(args, methods: list[str] | None) -> RunConfig:
 
 
 def run(args) -> int:
-    pipeline.run_benchmark(config_from_args(args, split_list(args.methods)))
+    from ..bench.run import run_benchmark
+
+    run_benchmark(config_from_args(args, split_list(args.methods)))
     return 0
 
 

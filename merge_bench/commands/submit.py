@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..leaderboard import default_root, submit
-from ..leaderboard.submit import parse_params
-
 
 def run(args) -> int:
+    from ..leaderboard import default_root, submit
+    from ..leaderboard.submit import parse_params
+
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     result = submit(
         args.method, args.backbone, root=Path(args.root) if args.root else default_root(), n_tasks=args.n_tasks,

@@ -1,15 +1,13 @@
 """``merge-bench tasks [--suite S]``: list the benchmark tasks the task YAMLs define."""
 from __future__ import annotations
 
-from tabulate import tabulate
-
-from ..tasks import list_tasks
-
 HEADERS = ["task", "dataset", "split", "n", "metric", "max tokens", "adapter"]
 
 
 def task_rows(suite: str | None = None) -> list[list[str]]:
     """One row per task of ``suite`` (all suites when None): the columns of ``HEADERS``."""
+    from ..evaluation.tasks import list_tasks
+
     rows = []
     for t in list_tasks(suite):
         dataset = t.dataset + (f" ({t.config})" if t.config else "")
@@ -20,6 +18,8 @@ def task_rows(suite: str | None = None) -> list[list[str]]:
 
 
 def task_table(suite: str | None = None) -> str:
+    from tabulate import tabulate
+
     return tabulate(task_rows(suite), headers=HEADERS)
 
 

@@ -8,7 +8,7 @@ from .page import render_page
 from .plots import write_plots
 from .readme import plot_names, render_readme
 from .schema import json_schema
-from ..io import atomic_write_text
+from ..io.files import atomic_write_text
 from .store import SCHEMA_FILE
 from .tables import group_entries
 from .validate import validate_leaderboard

@@ -224,7 +224,7 @@ def rerun(snap: Snapshot, runner: Runner, device: str | None = None, out: Path |
     """Rerun a snapshot. RunConfig takes one parameter set per method name, so variants of one method
     (``star[eta=20]``, ``star[eta=40]``) go to separate runs; the pretrained and LoRA rows compared are
     the first run's (the later runs read them from the same result cache)."""
-    from ..run import RunConfig  # the run pipeline imports the engine and evaluator: load it only here
+    from ..bench.run import RunConfig  # the run pipeline imports the engine and evaluator: load it only here
 
     rounds: list[dict[str, MethodResult]] = []
     for key, m in snap.methods.items():
@@ -281,7 +281,7 @@ def run_check(
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     if runner is None:
-        from ..run import run_benchmark as runner  # noqa: N813
+        from ..bench.run import run_benchmark as runner  # noqa: N813
     snaps = _filter(load_baseline(list(baseline) if baseline else [default_root()]), backbone, methods)
     report = CheckReport([], 0, [s.label for s in snaps], tolerance)
     # A fresh result cache: a check must evaluate, not read back what an earlier run on this machine cached.

@@ -6,9 +6,9 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..io import sha256_file
-from ..methods import BUILTIN, load_method_file
-from ..scores import normalized as normalized_score
+from ..io.files import sha256_file
+from ..merging.methods import BUILTIN, load_method_file
+from ..bench.scores import normalized as normalized_score
 from .schema import Entry, TaskInfo, seal
 from .store import task_set_id
 

@@ -10,7 +10,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..io import atomic_write_bytes
+from ..io.files import atomic_write_bytes
 from .tables import PRETRAINED_LABEL, Group
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import merge_bench
 
-from ..io import atomic_write_text
+from ..io.files import atomic_write_text
 from .schema import LEADERBOARD_VERSION, Entry
 
 _SAFE = re.compile(r"[^A-Za-z0-9._,=+\[\]-]")

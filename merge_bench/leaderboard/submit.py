@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..methods import get_method
+from ..merging.methods import get_method
 from .check import Runner
 from .convert import entries_from_record, plugin_file_info
 from .schema import Entry
@@ -62,8 +62,8 @@ def submit(
     if n_tasks is not None and tasks is not None:
         raise ValueError("give --n-tasks or --tasks, not both")
     if runner is None:
-        from ..run import run_benchmark as runner  # noqa: N813
-    from ..run import RunConfig
+        from ..bench.run import run_benchmark as runner  # noqa: N813
+    from ..bench.run import RunConfig
 
     cls = get_method(method)
     plugins = {}

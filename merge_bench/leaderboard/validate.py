@@ -14,9 +14,9 @@ from typing import Any, Iterable
 
 from pydantic import ValidationError
 
-from ..methods import available_methods
-from ..scores import normalized as normalized_score
-from ..io import sha256_file
+from ..merging.methods import available_methods
+from ..bench.scores import normalized as normalized_score
+from ..io.files import sha256_file
 from .convert import NORMALIZED_TOLERANCE
 from .schema import Entry, content_sha256
 from .store import entry_files, entry_relpath, task_set_id

@@ -26,7 +26,8 @@ import torch
 from torch import Tensor
 
 from .delta import Delta, LowRank
-from .io import TensorStore, check_finite, load_bin, read_safetensors_header, resolve_dir
+from ..io.files import resolve_dir
+from ..io.tensors import TensorStore, check_finite, load_bin, read_safetensors_header
 from .numerics import COMPUTE_DTYPE
 
 log = logging.getLogger(__name__)

@@ -17,10 +17,11 @@ from typing import Any
 from tabulate import tabulate
 from tqdm import tqdm
 
-from . import __version__
-from .backbones import Backbone, get_backbone, resolve
-from .cache import ResultCache, cache_root, content_hash, dir_sha256, write_json_atomic
-from .methods import available_methods, get_method
+from .. import __version__
+from ..backbones import Backbone, get_backbone, resolve
+from ..io.files import cache_root, content_hash, dir_sha256, write_json_atomic
+from ..merging.methods import available_methods, get_method
+from .cache import ResultCache
 from .provenance import git_commit, hardware, merge_code_sha256, versions
 from .scores import normalized
 
@@ -109,8 +110,8 @@ def run_benchmark(cfg: RunConfig, *, backbone: Backbone | None = None, progress:
     base_sha = dir_sha256(base_dir)
     adapter_sha = {t: dir_sha256(d) for t, d in adapter_dirs.items()}
 
-    from .evaluate import describe_tasks
-    from .tasks import task_manager
+    from ..evaluation.harness import describe_tasks
+    from ..evaluation.tasks import task_manager
 
     manager = task_manager(bb.task_dirs)
     infos = describe_tasks(bb, tasks, manager, cfg.limit)
@@ -155,7 +156,7 @@ def run_benchmark(cfg: RunConfig, *, backbone: Backbone | None = None, progress:
             result = _merge(method, [adapter_dirs[t] for t in tasks], base_dir, cfg)
             extra["merged_sha256"] = merged_sha256(result)
             if cfg.save_merged:
-                from .writers import write
+                from ..merging.writers import write
 
                 write(result, Path(cfg.out) / "merged" / method.key, overwrite=True)
             context = evaluator.merged(result)
@@ -204,18 +205,18 @@ def run_benchmark(cfg: RunConfig, *, backbone: Backbone | None = None, progress:
 
 def _make_evaluator(cfg: RunConfig, bb: Backbone, base_dir: Path, manager):
     if cfg.backend == "vllm":
-        from .vllm_backend import VLLMEvaluator
+        from ..evaluation.vllm_backend import VLLMEvaluator
 
         return VLLMEvaluator(bb, base_dir, manager, device=cfg.device, limit=cfg.limit, seed=cfg.seed)
-    from .evaluate import HFEvaluator
+    from ..evaluation.hf_backend import HFEvaluator
 
     return HFEvaluator(bb, base_dir, manager, device=cfg.device, batch_size=cfg.batch_size,
                        limit=cfg.limit, seed=cfg.seed)
 
 
 def _merge(method: MethodRun, adapters: list[Path], base_dir: Path, cfg: RunConfig):
-    from .engine import merge
-    from .numerics import Numerics
+    from ..merging.engine import merge
+    from ..merging.numerics import Numerics
 
     return merge(method.spec, adapters, params=method.config, base=base_dir,
                  numerics=Numerics.from_names(cfg.device, "float32"))
@@ -227,7 +228,7 @@ def merged_sha256(result) -> str:
 
     import torch
 
-    from .delta import LowRank
+    from ..merging.delta import LowRank
 
     h = hashlib.sha256()
     for key, delta in sorted(result.deltas.items()):

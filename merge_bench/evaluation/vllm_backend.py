@@ -16,8 +16,8 @@ from itertools import count
 from pathlib import Path
 from typing import Iterator
 
-from .backbones import Backbone
-from .evaluate import TaskScore, run_lm_eval
+from ..backbones import Backbone
+from .harness import TaskScore, run_lm_eval
 
 MAX_LORA_RANK = 512  # the largest rank vLLM serves
 
@@ -61,8 +61,8 @@ class VLLMEvaluator:
 
     @contextmanager
     def merged(self, result) -> Iterator[None]:
-        from .delta import LowRank
-        from .writers import write
+        from ..merging.delta import LowRank
+        from ..merging.writers import write
 
         out = self._tmp / f"merged-{next(self._ids)}"
         rank = max((d.rank for d in result.deltas.values() if isinstance(d, LowRank)), default=0)

@@ -33,7 +33,7 @@ def hardware(device: str) -> dict[str, Any]:
 def git_commit() -> str | None:
     """HEAD of the source checkout, with ``+dirty`` when the package's files differ from it (a result
     must not claim a commit whose code did not produce it); None outside a git checkout."""
-    here = Path(__file__).parent
+    here = Path(__file__).parents[1]
 
     def git(*args: str) -> subprocess.CompletedProcess | None:
         try:
@@ -49,7 +49,7 @@ def git_commit() -> str | None:
     return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
-# The package files whose code decides a merged delta: the task vector maths, the input reading
+# The merging wing's files whose code decides a merged delta: the task vector maths, the input reading
 # (LoRA scales, name mapping), the engine and every built-in method.
 MERGE_CODE = ("delta.py", "numerics.py", "selection.py", "adapters.py", "engine.py", "methods/*.py")
 
@@ -61,7 +61,7 @@ def merge_code_sha256(cls: type) -> str:
     Cached evaluations of merged models are keyed by it, so a change to the maths evaluates again
     instead of reading back a score of the old code (conservative: a comment edit does too).
     """
-    root = Path(__file__).parent
+    root = Path(__file__).parents[1] / "merging"
     files = sorted({p for pattern in MERGE_CODE for p in root.glob(pattern)})
     own = inspect.getsourcefile(cls)
     if own is not None and Path(own).resolve() not in {f.resolve() for f in files}:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .backbones import AdapterRef, Backbone, EvalDefaults
+from .spec import AdapterRef, Backbone, EvalDefaults
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -186,7 +186,7 @@ def micro_backbone(root: Path) -> Backbone:
         shutil.rmtree(root, ignore_errors=True)  # a build that was interrupted: start again
         build_micro_llama(root / "base")
         build_micro_suite(root / "suite", root / "base")
-        done.write_text("built by merge_bench.micro\n")
+        done.write_text("built by merge_bench.backbones.micro\n")
     adapters = {s: AdapterRef(str(root / "suite" / "adapters" / s)) for s in MICRO_TASKS}
     return Backbone("micro", "micro", "local/micro-llama", adapters, local_base=lambda: root / "base",
                     task_dirs=(root / "suite" / "tasks",),

@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 
 from .adapters import BaseModel, Plan, open_input, plan
 from .delta import Delta, LowRank
-from .io import all_finite, sha256_files
+from ..io.files import sha256_files
+from ..io.tensors import all_finite
 from .methods import MergeMethod, get_method
 from .numerics import COMPUTE_DTYPE, Numerics
 

@@ -48,7 +48,7 @@ class TaskInfo:
 def tasks_dir() -> Path:
     """The repository's ``tasks/`` folder (or ``$MERGE_BENCH_TASKS_DIR``)."""
     override = os.environ.get(TASKS_DIR_ENV)
-    path = Path(override) if override else Path(__file__).resolve().parent.parent / "tasks"
+    path = Path(override) if override else Path(__file__).resolve().parents[2] / "tasks"
     if not path.is_dir():
         origin = f"{TASKS_DIR_ENV}={override}" if override else "the merge-bench source tree"
         raise FileNotFoundError(f"task folder {path} not found ({origin}); run from a merge-bench checkout or "

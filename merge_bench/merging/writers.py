@@ -27,15 +27,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from . import FORMATS
 from .adapters import module_of
 from .delta import LowRank, dense, from_svd, svd
 from .engine import MergeResult
-from .io import ST_CODES, SafetensorsStreamWriter, atomic_dir, sha256_file, tensor_nbytes
+from ..io.files import atomic_dir, sha256_file
+from ..io.tensors import ST_CODES, SafetensorsStreamWriter, tensor_nbytes
 from .numerics import COMPUTE_DTYPE, DTYPES
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("auto", "peft", "full", "delta")
 VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 MAX_SHARD_BYTES = 5 * 10**9
 # Files of the base model that a full checkpoint carries over unchanged (tokenizer, generation, license).

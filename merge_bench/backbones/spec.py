@@ -1,0 +1,54 @@
+"""What a backbone is: base model, one adapter per task, task variants and eval defaults.
+
+Kept apart from the registry (``__init__``) so the backbone builders (tiny, micro) import these
+types without importing the registry that imports them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    id: str
+    revision: str | None = None
+    kind: Literal["lora", "full"] = "lora"
+    targets: tuple[str, ...] | None = None  # for full checkpoints: which matrices form the task vector
+
+
+@dataclass(frozen=True)
+class EvalDefaults:
+    backend: Literal["hf", "vllm"] = "hf"
+    batch_size: int = 32
+    max_length: int = 2048
+    dtype: str = "bfloat16"
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    suite: str  # task variants: lm-eval tasks are named f"{suite}_{short}"
+    base_id: str
+    adapters: dict[str, AdapterRef]  # short task name -> its LoRA
+    base_revision: str | None = None
+    chat_template: bool = True
+    seq2seq: bool = False
+    aliases: tuple[str, ...] = ()
+    excluded_by_default: tuple[str, ...] = ()  # tasks not drawn by --n-tasks (still nameable with --tasks)
+    eval: EvalDefaults = field(default_factory=EvalDefaults)
+    # Builds (or finds) the base model directory locally; used by the embedded backbone.
+    local_base: Callable[[], Path] | None = None
+    task_dirs: tuple[Path, ...] = ()  # extra lm-eval include paths (tests, plugins)
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.adapters)
+
+    @property
+    def pickable_tasks(self) -> list[str]:
+        return [t for t in self.adapters if t not in self.excluded_by_default]
+
+    def lm_eval_task(self, short: str) -> str:
+        return f"{self.suite}_{short}"

@@ -1,0 +1,1 @@
+"""The io wing, at the bottom of the import order: ``files`` (torch-free) and ``tensors``."""
