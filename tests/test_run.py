@@ -8,6 +8,7 @@ import pytest
 
 from merge_bench.backbones.micro import build_micro_suite
 
+from merge_bench.bench import plan as plan_mod
 from merge_bench.bench import run as run_mod
 from merge_bench.backbones import get_backbone
 from merge_bench.merging.methods import get_method
@@ -99,7 +100,7 @@ def test_a_change_to_the_merge_code_evaluates_merged_rows_again(micro_backbone, 
     calls.clear()
     # Another merge implementation (here: a stand-in hash) must not read back the old merged score;
     # the pretrained and LoRA rows do not depend on it and stay cached.
-    monkeypatch.setattr(run_mod, "merge_code_sha256", lambda cls: "0" * 64)
+    monkeypatch.setattr(plan_mod, "merge_code_sha256", lambda cls: "0" * 64)
     run_benchmark(cfg, backbone=micro_backbone, progress=False)
     assert calls == [("color",)]
 

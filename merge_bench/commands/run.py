@@ -27,12 +27,16 @@ def add_run_options(p) -> None:
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="backbone name or alias (default: tiny)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--n-tasks", type=int, help="draw this many of the backbone's tasks with --seed")
-    group.add_argument("--tasks", help="comma-separated task names")
+    group.add_argument("--tasks", help="comma-separated task names, or 'paper' for the STAR paper's set")
     p.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="override a method parameter; repeatable")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--backend", choices=["hf", "vllm"], default="hf")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--backend", choices=["auto", "hf", "vllm"], default="auto",
+                   help="auto (default): the backbone's declared backend when it can run here, else hf")
+    p.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda[:N]")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="evaluation dtype (default: the backbone's on a GPU, float32 on a CPU)")
+    p.add_argument("--verbose", action="store_true", help="keep the progress bars and notices of lm-eval and git")
     p.add_argument("--limit", type=int, help="evaluate only the first N sampled documents per task (debugging)")
     p.add_argument("--batch-size", type=int, help="evaluation batch size (default: the backbone's)")
     p.add_argument("--out", type=Path, default=Path("runs"), help="where run records go (default: runs/)")
@@ -43,14 +47,16 @@ def config_from_args(args, methods: list[str] | None):
 
     return RunConfig(backbone=args.backbone, n_tasks=args.n_tasks, tasks=split_list(args.tasks), methods=methods,
                      params=parse_method_params(args.param), seed=args.seed, backend=args.backend,
-                     device=args.device, limit=args.limit, out=args.out, batch_size=args.batch_size,
-                     save_merged=getattr(args, "save_merged", False))
+                     device=args.device, dtype=args.dtype, limit=args.limit, out=args.out,
+                     batch_size=args.batch_size, save_merged=getattr(args, "save_merged", False),
+                     verbose=args.verbose)
 
 
 def run(args) -> int:
-    from ..bench.run import run_benchmark
+    from ..bench.run import dry_run, run_benchmark
 
-    run_benchmark(config_from_args(args, split_list(args.methods)))
+    cfg = config_from_args(args, split_list(args.methods))
+    dry_run(cfg) if args.dry_run else run_benchmark(cfg)
     return 0
 
 
@@ -59,4 +65,7 @@ def register(sub) -> None:
     add_run_options(p)
     p.add_argument("--methods", help="'all' or comma-separated method names (default: the reference set)")
     p.add_argument("--save-merged", action="store_true", help="also write each merged model under OUT/merged/")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (tasks, methods, runtime, where each model resolves, evaluations cached "
+                        "and to run, time estimate) and exit without evaluating")
     p.set_defaults(func=run)

@@ -33,8 +33,9 @@ def register(sub) -> None:
     group.add_argument("--tasks", help="comma-separated task names")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a method parameter (repeatable)")
     p.add_argument("--seed", type=int, default=42, help="protocol seed (default 42)")
-    p.add_argument("--backend", default="hf", choices=("hf", "vllm"))
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", default="auto", choices=("auto", "hf", "vllm"),
+                   help="auto (default): the backbone's declared backend when it can run here, else hf")
+    p.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda[:N]")
     p.add_argument("--batch-size", type=int, help="evaluation batch size (default: the backbone's)")
     p.add_argument("--root", help="leaderboard directory (default: the repository's leaderboard/)")
     p.add_argument("--out", help="run output directory (default: run's own)")

@@ -4,30 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from dataclasses import asdict, dataclass
 
 from ..backbones import Backbone
-
-log = logging.getLogger(__name__)
-
-
-class _DropCustomDatasetNotice(logging.Filter):
-    """lm-eval warns, at every load of a task with a ``custom_dataset`` hook (all the embedded tasks), that
-    kwargs can be passed through ``--metadata``: advice for its own CLI, printed 6 times per model."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Custom kwargs can be passed" not in record.getMessage()
-
-
-_QUIET = _DropCustomDatasetNotice()
-
-
-def _quiet_lm_eval() -> None:
-    task_log = logging.getLogger("lm_eval.api.task")
-    if _QUIET not in task_log.filters:
-        task_log.addFilter(_QUIET)
-
+from .quiet import quiet
 
 @dataclass(frozen=True)
 class TaskInfo:
@@ -62,8 +42,9 @@ def describe_tasks(backbone: Backbone, shorts: list[str], manager, limit: int | 
     if unknown:
         raise ValueError(f"no lm-eval task named {unknown} under {manager.include_path}")
     infos = {}
-    _quiet_lm_eval()
-    for name, task in manager.load(list(names))["tasks"].items():
+    with quiet():
+        loaded = manager.load(list(names))["tasks"]
+    for name, task in loaded.items():
         docs = list(task.eval_docs)
         if limit is not None:
             docs = docs[:limit]
@@ -91,17 +72,17 @@ def _primary_metric(task_results: dict, task: str) -> tuple[str, float]:
 
 
 def run_lm_eval(lm, backbone: Backbone, shorts: list[str], manager, limit: int | None,
-                seed: int) -> dict[str, TaskScore]:
+                seed: int, verbose: bool = False) -> dict[str, TaskScore]:
     """One ``simple_evaluate`` call on an lm-eval LM; each task's primary metric on the 0–100 scale."""
     from lm_eval import simple_evaluate
 
-    _quiet_lm_eval()
     names = [backbone.lm_eval_task(s) for s in shorts]
-    out = simple_evaluate(
-        model=lm, tasks=names, task_manager=manager, limit=limit, apply_chat_template=backbone.chat_template,
-        log_samples=False, bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-        fewshot_random_seed=seed, verbosity="ERROR",
-    )
+    with quiet(verbose):
+        out = simple_evaluate(
+            model=lm, tasks=names, task_manager=manager, limit=limit, apply_chat_template=backbone.chat_template,
+            log_samples=False, bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+            fewshot_random_seed=seed, verbosity="ERROR",
+        )
     scores = {}
     for short, name in zip(shorts, names):
         metric, value = _primary_metric(out["results"][name], name)

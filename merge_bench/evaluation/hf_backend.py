@@ -15,6 +15,7 @@ import torch
 
 from ..backbones import Backbone
 from .harness import TaskScore, run_lm_eval
+from .quiet import quiet
 
 
 class HFEvaluator:
@@ -22,28 +23,37 @@ class HFEvaluator:
 
     backend = "hf"
 
-    def __init__(self, backbone: Backbone, base_dir: Path, manager, *, device: str = "cpu",
-                 batch_size: int | None = None, limit: int | None = None, seed: int = 42) -> None:
+    def __init__(self, backbone: Backbone, base_dir: Path, manager, *, device: str = "cpu", dtype: str = "float32",
+                 batch_size: int | None = None, limit: int | None = None, seed: int = 42,
+                 verbose: bool = False) -> None:
         from lm_eval.models.huggingface import HFLM
         from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
         from ..merging.numerics import parse_dtype
 
         auto = AutoModelForSeq2SeqLM if backbone.seq2seq else AutoModelForCausalLM
-        dtype = parse_dtype(backbone.eval.dtype) if device != "cpu" else torch.float32
-        self.model = auto.from_pretrained(base_dir, dtype=dtype).to(device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(base_dir)
-        self.lm = HFLM(pretrained=self.model, tokenizer=tokenizer, device=device,
-                       batch_size=batch_size or backbone.eval.batch_size, max_length=backbone.eval.max_length,
-                       backend="seq2seq" if backbone.seq2seq else "causal")
-        self.backbone, self.manager, self.limit, self.seed = backbone, manager, limit, seed
+        with quiet(verbose):
+            self.model = auto.from_pretrained(base_dir, dtype=parse_dtype(dtype)).to(device).eval()
+            tokenizer = AutoTokenizer.from_pretrained(base_dir)
+            self.lm = HFLM(pretrained=self.model, tokenizer=tokenizer, device=device,
+                           batch_size=batch_size or backbone.eval.batch_size, max_length=backbone.eval.max_length,
+                           backend="seq2seq" if backbone.seq2seq else "causal")
+        self.backbone, self.base_dir, self.manager = backbone, base_dir, manager
+        self.device, self.limit, self.seed, self.verbose = device, limit, seed, verbose
 
     @contextmanager
-    def lora(self, adapter_dir: Path) -> Iterator[None]:
-        """The base with one PEFT adapter injected (PEFT computes it, independently of our engine)."""
+    def lora(self, adapter_dir: Path, kind: str = "lora", targets: tuple[str, ...] | None = None) -> Iterator[None]:
+        """The base with one task's adapter: a PEFT LoRA injected by PEFT (independently of our engine), or
+        for a full fine-tuned checkpoint θ_0 + τ on its targeted matrices, the same τ every merge reads."""
+        if kind == "full":
+            from ..merging.api import task_vector
+
+            with self.merged(task_vector(adapter_dir, base=self.base_dir, targets=targets, device=self.device)):
+                yield
+            return
         from peft import PeftModel
 
-        with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5: noise in every run
+        with warnings.catch_warnings(), quiet(self.verbose):  # PEFT calls an API deprecated in transformers v5
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             peft_model = PeftModel.from_pretrained(self.model, str(adapter_dir))
         try:
@@ -62,4 +72,4 @@ class HFEvaluator:
 
     def evaluate(self, shorts: list[str]) -> dict[str, TaskScore]:
         with torch.inference_mode():
-            return run_lm_eval(self.lm, self.backbone, shorts, self.manager, self.limit, self.seed)
+            return run_lm_eval(self.lm, self.backbone, shorts, self.manager, self.limit, self.seed, self.verbose)

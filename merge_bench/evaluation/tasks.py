@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..io.files import resource_dir
+
 TASKS_DIR_ENV = "MERGE_BENCH_TASKS_DIR"
 # Suites evaluated with plain-text prompts; every other suite goes through the chat template.
 PLAIN_TEXT_SUITES = frozenset({"flan"})
@@ -46,14 +48,13 @@ class TaskInfo:
 
 
 def tasks_dir() -> Path:
-    """The repository's ``tasks/`` folder (or ``$MERGE_BENCH_TASKS_DIR``)."""
+    """The shipped ``tasks/`` folder (``io.files.resource_dir``), or ``$MERGE_BENCH_TASKS_DIR``."""
     override = os.environ.get(TASKS_DIR_ENV)
-    path = Path(override) if override else Path(__file__).resolve().parents[2] / "tasks"
-    if not path.is_dir():
-        origin = f"{TASKS_DIR_ENV}={override}" if override else "the merge-bench source tree"
-        raise FileNotFoundError(f"task folder {path} not found ({origin}); run from a merge-bench checkout or "
-                                f"set {TASKS_DIR_ENV} to its tasks/ folder")
-    return path
+    if not override:
+        return resource_dir("tasks")
+    if not Path(override).is_dir():
+        raise FileNotFoundError(f"task folder {override} not found ({TASKS_DIR_ENV}); set it to a tasks/ folder")
+    return Path(override)
 
 
 def task_manager(extra_dirs: Sequence[Path] = ()):

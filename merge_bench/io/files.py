@@ -123,6 +123,18 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def resource_dir(name: str) -> Path:
+    """A top-level folder the package ships (``tasks``, ``adapters``): the repository's own in a source
+    checkout (or an editable install), else the copy a built wheel carries in ``merge_bench/_data/``
+    (``setup.py`` maps them there, so the design keeps them at the top of the repository)."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package.parent / name, package / "_data" / name):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"merge-bench's {name}/ folder is missing: looked in {package.parent / name} (a source "
+                            f"checkout) and {package / '_data' / name} (an installed wheel); reinstall merge-bench")
+
+
 def cache_root() -> Path:
     """``$MERGE_BENCH_CACHE``, default ``~/.cache/merge-bench``: converted models, results, micro builds."""
     return Path(os.environ.get("MERGE_BENCH_CACHE", Path.home() / ".cache" / "merge-bench"))

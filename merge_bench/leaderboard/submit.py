@@ -49,9 +49,17 @@ def _same_result(a: Entry, b: Entry) -> bool:
     return core(a) == core(b)
 
 
+def refuse_unstable(record: Mapping[str, Any]) -> None:
+    """A leaderboard entry needs a defined, stable normalized score on every task of its set."""
+    note = (record.get("normalization") or {}).get("note")
+    if note:
+        raise ValueError(f"the run is not a valid leaderboard entry: {note}. Nothing was written; check the "
+                         "adapters and the task data (run record under the run's --out)")
+
+
 def submit(
     method: str, backbone: str, *, root: Path, n_tasks: int | None = None, tasks: list[str] | None = None,
-    params: Mapping[str, Any] | None = None, seed: int = 42, backend: str = "hf", device: str = "cpu",
+    params: Mapping[str, Any] | None = None, seed: int = 42, backend: str = "auto", device: str = "auto",
     overwrite: bool = False, runner: Runner | None = None, out: Path | None = None, batch_size: int | None = None,
 ) -> SubmitResult:
     """Run ``method`` on the backbone's task set, validate the entry against the leaderboard, write it.
@@ -76,6 +84,7 @@ def submit(
     if out is not None:
         kwargs["out"] = Path(out)
     record = runner(RunConfig(**kwargs))
+    refuse_unstable(record)
     entries = [e for e in entries_from_record(record, plugins) if e.method.name == cls.name]
     if len(entries) != 1:
         raise ValueError(f"the run produced {len(entries)} results for method {cls.name!r}, expected 1")

@@ -33,3 +33,11 @@ def merge(method: MethodSpec, adapters: Sequence[Union[str, Path]], *, params: M
     if out is not None:
         result.output = write(result, Path(out), format=format, overwrite=overwrite, progress=progress)
     return result
+
+
+def task_vector(adapter: Union[str, Path], *, base: Union[str, Path], targets: Sequence[str] | None = None,
+                device: str = "cpu") -> MergeResult:
+    """One input's own task vector τ in memory: task arithmetic at λ = 1 over that input alone, so it is
+    read exactly as every merge reads it (a full checkpoint: θ_ft − θ_0 on ``targets``)."""
+    return run_merge("task_arithmetic", [adapter], params={"lam": 1.0}, base=base, targets=targets,
+                     numerics=Numerics.from_names(device, "float32"))

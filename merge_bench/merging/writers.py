@@ -151,9 +151,37 @@ def _compact(d: LowRank) -> LowRank:
     return from_svd(*svd(d))
 
 
-def _write_peft(result: MergeResult, tmp: Path, report: WriteReport) -> int:
-    from peft import LoraConfig
+def peft_adapter_config(*, r: int, target_modules: list[str], fan_in_fan_out: bool, task_type: str | None,
+                        base_model_name_or_path: str | None) -> dict[str, Any]:
+    """The merged adapter's ``adapter_config.json``: a plain LoRA with scale lora_alpha / r = 1.
 
+    Written by us rather than by ``peft.LoraConfig.save_pretrained``, because importing peft pulls in
+    transformers' model registry (seconds of start-up for ``merge-bench merge``). The keys are the
+    ones we set, with the values PEFT writes for them, plus the defaults that decide how a reader
+    scales B·A (rslora, DoRA, rank and alpha patterns), so vLLM and merge-bench read it without
+    PEFT's defaults; PEFT fills every other field with its default on load, as for its own file
+    (``tests/test_writers_peft_config.py`` checks that the loaded LoraConfig equals PEFT's own).
+    """
+    return {
+        "peft_type": "LORA",
+        "task_type": task_type,
+        "base_model_name_or_path": base_model_name_or_path,
+        "r": r,
+        "lora_alpha": r,
+        "target_modules": sorted(target_modules),
+        "lora_dropout": 0.0,
+        "fan_in_fan_out": fan_in_fan_out,
+        "bias": "none",
+        "use_rslora": False,
+        "use_dora": False,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "modules_to_save": None,
+        "inference_mode": True,
+    }
+
+
+def _write_peft(result: MergeResult, tmp: Path, report: WriteReport) -> int:
     merged: dict[str, LowRank] = {}
     for key, d in result.items():
         if not isinstance(d, LowRank):
@@ -184,13 +212,13 @@ def _write_peft(result: MergeResult, tmp: Path, report: WriteReport) -> int:
             writer.write(name_b, B_pad)
     report.files["adapter_model.safetensors"] = writer.sha256
     meta = result.lora_meta
-    config = LoraConfig(
-        r=r, lora_alpha=r, target_modules=sorted(module_of(k) for k in factors), lora_dropout=0.0,
-        fan_in_fan_out=result.fan_in_fan_out, task_type=meta.get("task_type"),
+    config = peft_adapter_config(
+        r=r, target_modules=[module_of(k) for k in factors], fan_in_fan_out=result.fan_in_fan_out,
+        task_type=meta.get("task_type"),
         base_model_name_or_path=result.base if result.base is not None else meta.get("base_model_name_or_path"),
-        bias="none", inference_mode=True,
     )
-    config.save_pretrained(str(tmp))
+    # As PEFT writes it (sorted keys, indent 2), but with a final newline.
+    (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return r
 
 

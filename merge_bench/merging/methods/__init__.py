@@ -2,6 +2,10 @@
 
 Third-party methods plug in through the entry-point group ``merge_bench.methods`` (the entry point
 names a ``MergeMethod`` subclass) or as ``path/to/file.py:ClassName``.
+
+Method modules import torch and the maths helpers (``..delta``, ``..numerics``, ``..selection``,
+``.factor``, ``.ops``) inside the functions that use them, so that listing the registry
+(``merge-bench methods``, the CLI's parser) stays a fast, torch-free import; a layout test checks it.
 """
 from __future__ import annotations
 

@@ -10,13 +10,14 @@ beyond what ``prepare`` stored on the instance.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
-from ..delta import Delta
+if TYPE_CHECKING:
+    from ..delta import Delta
 
 # Calling it yields (key, per-task deltas) for every targeted matrix, in a fixed order; it can be
-# called again for a second pass.
-ModuleStream = Callable[[], Iterator[tuple[str, list[Delta]]]]
+# called again for a second pass. (Delta is a forward reference: this module imports no torch.)
+ModuleStream = Callable[[], Iterator[tuple[str, list["Delta"]]]]
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,14 @@
 """Model Breadcrumbs (Davari & Belilovsky, ECCV 2024; rezazzr/breadcrumbs)."""
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
-from ..delta import Delta
-from ..numerics import COMPUTE_DTYPE
 from .base import MergeMethod, Param
-from .factor import device_of, shape_of
-from .ops import TaskRows, count_of, dense32, is_zero, row_slices
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from ..delta import Delta
 
 # Rows handled per block: bounds the selection temporaries (topk keeps values and int64 indices).
 BLOCK_ELEMENTS = 1 << 18
@@ -16,6 +16,8 @@ BLOCK_ELEMENTS = 1 << 18
 
 def _sorted_rank_mask(rows: Tensor, g: int, b: int) -> Tensor:
     """The mask by ranks g … g + b − 1 of a stable descending sort of |rows| (the definition)."""
+    import torch
+
     m = rows.shape[-1]
     keep = torch.zeros(m, dtype=torch.bool, device=rows.device)
     keep[g:g + b] = True  # by rank
@@ -32,6 +34,8 @@ def _rank_window(block: Tensor, g: int, b: int) -> Tensor:
     straddles either boundary and the window is lo ≤ |x| ≤ hi whatever the tie order. Rows where a
     tie does straddle one fall back to the stable sort, so the result is always the definition's.
     """
+    import torch
+
     ab = block.abs()
     top = torch.topk(ab, g + b, dim=-1, sorted=False).values
     lo = top.amin(dim=-1, keepdim=True)
@@ -48,6 +52,11 @@ def _rank_window(block: Tensor, g: int, b: int) -> Tensor:
 
 def breadcrumb_window(x: Tensor, gamma: float, beta: float) -> Tensor:
     """``breadcrumb_mask`` as a float32 0/1 tensor (what the merge multiplies by)."""
+    import torch
+
+    from ..numerics import COMPUTE_DTYPE
+    from .ops import count_of
+
     m = x.shape[-1] if x.ndim else 1
     g, b = count_of(m, gamma), count_of(m, beta)
     rows = x.reshape(-1, m).to(COMPUTE_DTYPE)
@@ -102,6 +111,12 @@ class Breadcrumbs(MergeMethod):
             )
 
     def merge(self, deltas: list[Delta], key: str) -> Delta:
+        import torch
+
+        from ..numerics import COMPUTE_DTYPE
+        from .factor import device_of, shape_of
+        from .ops import TaskRows, is_zero, row_slices
+
         shape = shape_of(deltas, key)
         n, m = shape
         tasks = [TaskRows(d) for d in deltas if not is_zero(d)]  # an absent task adds nothing
@@ -115,5 +130,9 @@ class Breadcrumbs(MergeMethod):
 
     def masked(self, delta: Delta) -> Tensor:
         """M_t ⊙ τ_t for one task's matrix, dense float32."""
+        import torch
+
+        from .ops import dense32
+
         x = dense32(delta)
         return torch.where(breadcrumb_mask(x, self.gamma, self.beta), x, torch.zeros_like(x))

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
-
-from ..delta import Delta
 from .base import MergeMethod, ModuleStream, Param
-from .ops import dense32, global_thresholds, local_threshold, ties_combine, trim
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+    from ..delta import Delta
 
 
 def mask_seed(seed: int, task: int, key: str) -> int:
@@ -27,6 +28,8 @@ def drop_mask(shape: torch.Size, p: float, seed: int, task: int, key: str) -> Te
     The uniforms come from a CPU generator seeded by ``mask_seed``, then move to the data's
     device: the same masks on any device, and independent of the order matrices are visited.
     """
+    import torch
+
     gen = torch.Generator(device="cpu").manual_seed(mask_seed(seed, task, key))
     return torch.rand(shape, generator=gen, dtype=torch.float32) < p
 
@@ -78,6 +81,8 @@ class Dare(MergeMethod):
 
     def dropped(self, task: int, key: str, delta: Delta) -> Tensor:
         """τ̃_t for one matrix: τ_t with its dropped entries zeroed, survivors ÷ (1 − p) if rescaling."""
+        from .ops import dense32
+
         x = dense32(delta)
         out = x.masked_fill(drop_mask(x.shape, self.p, self.seed, task, key).to(x.device), 0.0)
         if self.rescale:
@@ -85,6 +90,8 @@ class Dare(MergeMethod):
         return out
 
     def prepare(self, modules: ModuleStream) -> None:
+        from .ops import global_thresholds
+
         if self.combine == "ties" and self.trim == "global":
             self.thresholds = global_thresholds(modules, self.k, self.dropped)
 
@@ -99,6 +106,8 @@ class Dare(MergeMethod):
         return total * weight
 
     def _ties(self, deltas: list[Delta], key: str) -> Tensor:
+        from .ops import local_threshold, ties_combine, trim
+
         if self.trim == "global":
             if self.thresholds is None:
                 raise ValueError("dare with combine=ties, trim=global needs prepare(modules) before merge")

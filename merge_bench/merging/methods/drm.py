@@ -1,15 +1,15 @@
 """DRM: Decom-Renorm-Merge (Chaichana et al. 2025; yophis/decom-renorm-merge ``drm/_decom_renorm_merge.py``)."""
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
-from ..delta import Delta, LowRank, all_lowrank
-from ..numerics import COMPUTE_DTYPE, SVD_DTYPE
-from ..selection import kth_largest_abs
 from .base import MergeMethod, Param
-from .factor import Factors, joint_column_svd, left_project, merge_factors, shape_of, transpose
-from .ops import disjoint_mean_, stacked_sum, trim_
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from ..delta import Delta
+    from .factor import Factors
 
 # Rows of the joint Vᵀ have unit norm, so ν_{t,i} ∈ [0, 1]. A block row at or below float32 resolution
 # is rounding noise (the task does not touch that direction); renormalizing it would blow the noise up
@@ -25,6 +25,12 @@ def renormalized_blocks(U: Tensor, S: Tensor, deltas: list[Delta]) -> tuple[Tens
     Gram, ν² = rowsum((P_t·A_tA_tᵀ) ⊙ P_t), in float64, and the renormalized block is one float32
     product (P_t/ν)·A_t: no float64 T×k×m tensor and no dense pass for the norms.
     """
+    import torch
+
+    from ..delta import all_lowrank
+    from ..numerics import COMPUTE_DTYPE, SVD_DTYPE
+    from .factor import left_project
+
     if all_lowrank(deltas):
         k, m = U.shape[1], deltas[0].shape[1]
         V = torch.empty((len(deltas), k, m), dtype=COMPUTE_DTYPE, device=U.device)
@@ -55,6 +61,13 @@ def drm_horizontal(deltas: list[Delta], drop_rate: float, coeff: float) -> Facto
     The T × k × m blocks are worked on in place with float arithmetic (see ``ops.disjoint_mean_``
     for the sign-agreement identity): they are the only large tensors here.
     """
+    import torch
+
+    from ..numerics import COMPUTE_DTYPE
+    from ..selection import kth_largest_abs
+    from .factor import joint_column_svd
+    from .ops import disjoint_mean_, stacked_sum, trim_
+
     U, S = joint_column_svd(deltas)
     if S.numel() == 0 or float(S[0]) <= 0.0:
         return None
@@ -106,6 +119,9 @@ class DRM(MergeMethod):
             raise ValueError(f"drm: drop_rate must be in [0, 1), got {self.drop_rate}")
 
     def merge(self, deltas: list[Delta], key: str) -> Delta:
+        from ..delta import LowRank
+        from .factor import merge_factors, shape_of, transpose
+
         shape = shape_of(deltas, key)
         vertical = self.direction == "vertical"
         if vertical:

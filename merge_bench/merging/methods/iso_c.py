@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-from ..delta import Delta, frob_sq, svd, weighted_sum
 from .base import MergeMethod, Param
-from .factor import Factors, merge_factors, nonzero_count, shape_of
+
+if TYPE_CHECKING:
+    from ..delta import Delta
+    from .factor import Factors
 
 
 class IsoC(MergeMethod):
@@ -29,10 +32,15 @@ class IsoC(MergeMethod):
     lowrank = True
 
     def merge(self, deltas: list[Delta], key: str) -> Delta:
+        from .factor import merge_factors, shape_of
+
         shape = shape_of(deltas, key)
         return merge_factors(deltas, shape, lambda ds: self.factors(ds, shape))
 
     def factors(self, deltas: list[Delta], shape: tuple[int, int]) -> Factors | None:
+        from ..delta import frob_sq, svd, weighted_sum
+        from .factor import nonzero_count
+
         U, S, Vh = svd(weighted_sum(deltas, [1.0] * len(deltas)))
         scale = max([math.sqrt(frob_sq(d)) for d in deltas])
         K = nonzero_count(S, shape, scale)

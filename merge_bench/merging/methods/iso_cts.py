@@ -1,12 +1,15 @@
 """Iso-CTS, core-space variant (after Marczak et al., ICML 2025; danielm1405/iso-merging)."""
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
-from ..delta import Delta, LowRank, all_lowrank, svd, svds, weighted_sum
 from .base import MergeMethod, Param
-from .factor import Factors, merge_factors, nonzero_count, polar, shape_of, task_cores
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from ..delta import Delta
+    from .factor import Factors
 
 
 def split_sizes(p: int, tasks: int, fraction: float) -> tuple[int, int]:
@@ -23,12 +26,16 @@ def split_sizes(p: int, tasks: int, fraction: float) -> tuple[int, int]:
 
 
 def spectral_norm(C: Delta) -> float:
+    from ..delta import svd
+
     S = svd(C)[1]
     return float(S[0]) if S.numel() else 0.0
 
 
 def residual(C: Delta, Uc: Tensor) -> Delta:
     """C − P_c·P_cᵀ·C with P_c = Uc; a LowRank core stays one (its left factor is projected)."""
+    from ..delta import LowRank
+
     if isinstance(C, LowRank):
         return LowRank(C.B - Uc @ (Uc.T @ C.B), C.A)
     return C - Uc @ (Uc.T @ C)
@@ -36,6 +43,11 @@ def residual(C: Delta, Uc: Tensor) -> Delta:
 
 def iso_cts_core(cores: list[Delta], fraction: float, shape: tuple[int, int]) -> Factors | None:
     """The recipe on a×b cores: σ̄·polar(Ũ)·polar(Ṽ)ᵀ as factors (σ̄·polar(Ũ), polar(Ṽ)ᵀ), or None if zero."""
+    import torch
+
+    from ..delta import all_lowrank, svd, svds, weighted_sum
+    from .factor import nonzero_count, polar
+
     a, b = cores[0].shape
     k_c, s = split_sizes(min(a, b), len(cores), fraction)
     U, S, Vh = svd(weighted_sum(cores, [1.0] * len(cores)))
@@ -89,10 +101,14 @@ class IsoCTS(MergeMethod):
             raise ValueError(f"iso_cts: common_fraction must be in [0, 1], got {self.common_fraction}")
 
     def merge(self, deltas: list[Delta], key: str) -> Delta:
+        from .factor import merge_factors, shape_of
+
         shape = shape_of(deltas, key)
         return merge_factors(deltas, shape, lambda ds: self.factors(ds, shape))
 
     def factors(self, deltas: list[Delta], shape: tuple[int, int]) -> Factors | None:
+        from .factor import task_cores
+
         tc = task_cores(deltas, shape)
         if min(tc.left.shape[1], tc.right.shape[1]) == 0:
             return None

@@ -1,16 +1,15 @@
 """KnOTS: align LoRA task updates in a shared SVD basis, then merge (Stoica et al., ICLR 2025; gstoica27/KnOTS)."""
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
-from ..delta import Delta, LowRank, all_lowrank
-from ..numerics import COMPUTE_DTYPE, SVD_DTYPE
-from ..selection import kth_largest_abs_many
 from .base import MergeMethod, ModuleStream, Param
-from .dare import drop_mask
-from .factor import Factors, densify, joint_column_svd, merge_factors, reduce, shape_of
-from .ops import disjoint_mean_, is_zero, percent_count, stacked_sum, trim_
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from ..delta import Delta
+    from .factor import Factors
 
 SIGMA_FLOOR = 1e-5  # the reference keeps σ > 1e-5 of the float64 joint SVD
 
@@ -20,6 +19,10 @@ def knots_basis(deltas: list[Delta]) -> tuple[Tensor, list[Tensor]]:
 
     X = [τ_1 | … | τ_T] = U Σ [V_1ᵀ | … | V_Tᵀ]; Y_t = Σ V_tᵀ = Uᵀ τ_t, i.e. (Uᵀ B_t)·A_t for LoRA.
     """
+    from ..delta import LowRank
+    from ..numerics import SVD_DTYPE
+    from .factor import joint_column_svd
+
     U, S = joint_column_svd(deltas)
     U = U[:, S > SIGMA_FLOOR]
     return U, [U.T @ d.B.to(SVD_DTYPE) if isinstance(d, LowRank) else U.T for d in deltas]
@@ -31,6 +34,11 @@ def task_block(P: Tensor, d: Delta, out: Tensor | None = None) -> Tensor:
     For a LoRA, M_t = A_t has r_t ≪ k rows: the float32 product of the float64 P_t rounded to
     float32 is as accurate as the float32 result can be stored, and avoids a float64 k×m temporary.
     """
+    import torch
+
+    from ..delta import LowRank
+    from ..numerics import COMPUTE_DTYPE, SVD_DTYPE
+
     if isinstance(d, LowRank):
         return torch.matmul(P.to(COMPUTE_DTYPE), d.A.to(COMPUTE_DTYPE), out=out)
     Y = (P @ d.to(SVD_DTYPE)).to(COMPUTE_DTYPE)
@@ -71,6 +79,11 @@ class Knots(MergeMethod):
             raise ValueError(f"knots: drop_rate must be in [0, 1), got {self.drop_rate}")
 
     def prepare(self, modules: ModuleStream) -> None:
+        from ..delta import all_lowrank
+        from ..selection import kth_largest_abs_many
+        from .factor import densify, reduce, shape_of
+        from .ops import is_zero, percent_count
+
         if self.config["merge"] != "ties":
             return
         # One pass for the sizes and the small left factors (Σ r_t × Σ r_t per LoRA matrix); the two
@@ -105,6 +118,8 @@ class Knots(MergeMethod):
         self.thresholds = kth_largest_abs_many(blocks, [percent_count(n, self.k) for n in numel])
 
     def merge(self, deltas: list[Delta], key: str) -> Delta:
+        from .factor import merge_factors, shape_of
+
         shape = shape_of(deltas, key)
         if self.config["merge"] == "ties":
             thresholds = self.__dict__.get("thresholds")
@@ -116,6 +131,12 @@ class Knots(MergeMethod):
         return merge_factors(deltas, shape, lambda ds: self.factors(ds, key), reduce_sides="left")
 
     def factors(self, deltas: list[Delta], key: str) -> Factors | None:
+        import torch
+
+        from ..numerics import COMPUTE_DTYPE
+        from .dare import drop_mask
+        from .ops import disjoint_mean_, stacked_sum, trim_
+
         U, P = knots_basis(deltas)
         if U.shape[1] == 0:
             return None

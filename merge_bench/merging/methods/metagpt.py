@@ -1,10 +1,12 @@
 """MetaGPT, the data-free closed form (Zhou et al. 2024; IBM/STAR ``merger/metagpt.py``)."""
 from __future__ import annotations
 
-from ..delta import Delta, all_lowrank, frob_sq, weighted_sum
-from ..numerics import COMPUTE_DTYPE
+from typing import TYPE_CHECKING
+
 from .base import MergeMethod, ModuleStream
-from .factor import densify, shape_of
+
+if TYPE_CHECKING:
+    from ..delta import Delta
 
 
 class MetaGPT(MergeMethod):
@@ -21,6 +23,8 @@ class MetaGPT(MergeMethod):
     lowrank = True
 
     def prepare(self, modules: ModuleStream) -> None:
+        from ..delta import frob_sq
+
         norms: list[float] | None = None
         for key, deltas in modules():
             if norms is None:
@@ -35,6 +39,10 @@ class MetaGPT(MergeMethod):
         self.weights = [x / total if total > 0 else 0.0 for x in norms]
 
     def merge(self, deltas: list[Delta], key: str) -> Delta:
+        from ..delta import all_lowrank, weighted_sum
+        from ..numerics import COMPUTE_DTYPE
+        from .factor import densify, shape_of
+
         weights = self.__dict__.get("weights")
         if weights is None:
             raise ValueError("metagpt: call prepare() on the module stream before merge()")

@@ -1,5 +1,11 @@
-from ..delta import Delta, weighted_sum
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from .base import MergeMethod
+
+if TYPE_CHECKING:
+    from ..delta import Delta
 
 
 class SimpleAvg(MergeMethod):
@@ -10,4 +16,6 @@ class SimpleAvg(MergeMethod):
     lowrank = True
 
     def merge(self, deltas: list[Delta], key: str) -> Delta:
+        from ..delta import weighted_sum
+
         return weighted_sum(deltas, [1.0 / len(deltas)] * len(deltas))

@@ -1,12 +1,15 @@
 """STAR: Spectral Truncation And Rescale (IBM/STAR ``merger/STAR.py``)."""
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
-from ..delta import Delta
 from .base import MergeMethod, Param
-from .factor import Factors, merge_factors, shape_of, task_svds
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from ..delta import Delta
+    from .factor import Factors
 
 
 def star_factors(U: Tensor, S: Tensor, Vh: Tensor, eta: float) -> tuple[Tensor, Tensor]:
@@ -15,6 +18,8 @@ def star_factors(U: Tensor, S: Tensor, Vh: Tensor, eta: float) -> tuple[Tensor, 
     r_η is the smallest j with Σ_{i≤j} σ_i ≥ (η/100)·Σ σ (η = 100 keeps every component); the kept
     σ are scaled by Σ_all σ / Σ_kept σ, so the nuclear norm is unchanged.
     """
+    import torch
+
     if S.numel() == 0:
         return U[:, :0], Vh[:0]
     total = S.sum()
@@ -46,11 +51,17 @@ class Star(MergeMethod):
             raise ValueError(f"star: eta must be in (0, 100], got {self.eta}")
 
     def merge(self, deltas: list[Delta], key: str) -> Delta:
+        from .factor import merge_factors, shape_of
+
         shape = shape_of(deltas, key)
         # Per-task maths only: the joint bases of core space would cost more than they save.
         return merge_factors(deltas, shape, lambda ds: self.factors(ds, shape), reduce_sides="none")
 
     def factors(self, deltas: list[Delta], shape: tuple[int, int]) -> Factors | None:
+        import torch
+
+        from .factor import task_svds
+
         pieces = [star_factors(U, S, Vh, self.eta) for U, S, Vh in task_svds(deltas, shape)]
         Bs = [B for B, _ in pieces if B.shape[1] > 0]
         if not Bs:

@@ -1,14 +1,14 @@
 """Consensus Task Arithmetic with TALL masks (Wang et al., ICML 2024), as the IBM/STAR reference."""
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
-from ..delta import Delta
-from ..numerics import COMPUTE_DTYPE
 from .base import MergeMethod, Param
-from .factor import device_of, shape_of
-from .ops import TaskRows, row_slices, rows_per_block
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from ..delta import Delta
 
 
 def tall_mask(tau: Tensor, mtl: Tensor, lam: float) -> Tensor:
@@ -45,6 +45,12 @@ class TallMasks(MergeMethod):
             raise ValueError(f"tall_masks: parameter 'k' must be ≥ 0, got {self.k}")
 
     def merge(self, deltas: list[Delta], key: str) -> Delta:
+        import torch
+
+        from ..numerics import COMPUTE_DTYPE
+        from .factor import device_of, shape_of
+        from .ops import TaskRows, row_slices, rows_per_block
+
         shape = shape_of(deltas, key)
         n, m = shape
         tasks = [TaskRows(d) for d in deltas]

@@ -1,5 +1,11 @@
-from ..delta import Delta, weighted_sum
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from .base import MergeMethod, Param
+
+if TYPE_CHECKING:
+    from ..delta import Delta
 
 
 class TaskArithmetic(MergeMethod):
@@ -11,4 +17,6 @@ class TaskArithmetic(MergeMethod):
     lowrank = True
 
     def merge(self, deltas: list[Delta], key: str) -> Delta:
+        from ..delta import weighted_sum
+
         return weighted_sum(deltas, [self.lam] * len(deltas))

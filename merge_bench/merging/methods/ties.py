@@ -1,15 +1,14 @@
 """TIES-Merging (Yadav et al. 2023): trim, elect sign, disjoint mean."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import Tensor
-
-from ..delta import Delta
-from ..selection import kth_largest_abs_many
 from .base import MergeMethod, ModuleStream, Param
-from .factor import device_of, shape_of
-from .ops import TaskRows, global_thresholds, is_zero, percent_count, ties_merge_rows, trim_
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from ..delta import Delta
 
 
 class Ties(MergeMethod):
@@ -48,10 +47,16 @@ class Ties(MergeMethod):
             raise ValueError(f"ties: parameter 'k' is a percent in [0, 100], got {self.k}")
 
     def prepare(self, modules: ModuleStream) -> None:
+        from .ops import TaskRows, global_thresholds
+
         if self.trim == "global":
             self.thresholds = global_thresholds(modules, self.k, pieces=lambda t, key, d: TaskRows(d).blocks(reuse=True))
 
     def merge(self, deltas: list[Delta], key: str) -> Delta:
+        from ..selection import kth_largest_abs_many
+        from .factor import device_of, shape_of
+        from .ops import TaskRows, is_zero, percent_count, ties_merge_rows, trim_
+
         shape = shape_of(deltas, key)
         thresholds = self._thresholds(len(deltas))
         tasks = [TaskRows(d) for d in deltas]

@@ -1,11 +1,13 @@
 """TSV-Merge: Task Singular Vectors (Gargiulo et al., CVPR 2025; AntoAndGar/task_singular_vectors)."""
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from ..delta import Delta
 from .base import MergeMethod, Param
-from .factor import Factors, merge_factors, polar, shape_of, task_svds
+
+if TYPE_CHECKING:
+    from ..delta import Delta
+    from .factor import Factors
 
 
 class TSV(MergeMethod):
@@ -24,10 +26,16 @@ class TSV(MergeMethod):
     lowrank = True
 
     def merge(self, deltas: list[Delta], key: str) -> Delta:
+        from .factor import merge_factors, shape_of
+
         shape = shape_of(deltas, key)
         return merge_factors(deltas, shape, lambda ds: self.factors(ds, shape))
 
     def factors(self, deltas: list[Delta], shape: tuple[int, int]) -> Factors | None:
+        import torch
+
+        from .factor import polar, task_svds
+
         per_task = min(shape) // len(deltas)  # p = min(n, m) of the ambient matrix, as the reference
         Us, Ss, Vhs = [], [], []
         for U, S, Vh in task_svds(deltas, shape):

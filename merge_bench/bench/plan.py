@@ -1,0 +1,181 @@
+"""What a run will do, decided before any model is loaded: the task set, the methods with their
+parameters, the backend, device and dtype, and the list of evaluation jobs.
+
+``run.py`` executes a plan; ``--dry-run`` prints one (``describe``) and stops.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..backbones import Backbone, locate
+from ..io.files import cache_root, write_json_atomic
+from ..merging.methods import available_methods, get_method
+from .provenance import merge_code_sha256
+
+PROTOCOL = "v1"
+# The default method set: the reference's methods plus the mean. `--methods all` runs every one.
+DEFAULT_METHODS = ("simple_avg", "task_arithmetic", "ties", "tall_masks", "metagpt", "star", "drm")
+PAPER = "paper"  # `--tasks paper`: the task set the STAR README reports for the backbone
+
+
+@dataclass
+class RunConfig:
+    backbone: str = "tiny"
+    n_tasks: int | None = None
+    tasks: list[str] | None = None  # names, or ["paper"]
+    methods: list[str] | None = None  # names or "file.py:Class"; None = DEFAULT_METHODS; ["all"] = every one
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seed: int = 42
+    backend: str = "auto"  # auto | hf | vllm
+    device: str = "auto"  # auto | cpu | cuda[:N]
+    dtype: str | None = None  # None: the backbone's on a GPU, float32 on a CPU
+    limit: int | None = None
+    out: Path = Path("runs")
+    save_merged: bool = False
+    batch_size: int | None = None
+    cache_dir: Path | None = None  # result cache; None = $MERGE_BENCH_CACHE/results (check passes a fresh one)
+    verbose: bool = False  # keep the libraries' own bars and notices
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a run evaluates and merges, as resolved from ``auto``."""
+
+    backend: str
+    device: str
+    dtype: str
+    notice: str | None = None  # why the declared backend was not taken
+
+    def describe(self) -> str:
+        return f"backend {self.backend}, device {self.device}, dtype {self.dtype}"
+
+
+def resolve_runtime(backend: str, device: str, dtype: str | None, bb: Backbone) -> Runtime:
+    """``--device auto``: cuda when torch sees one, else cpu. ``--backend auto``: the backbone's declared
+    backend when it can run here (vLLM installed and a GPU), else hf with a notice. dtype: the backbone's
+    on a GPU, float32 on a CPU (bf16 matmuls on a CPU are slow and round differently)."""
+    import importlib.util
+
+    if backend not in ("auto", "hf", "vllm"):
+        raise ValueError(f"unknown backend {backend!r}; expected auto, hf or vllm")
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    notice = None
+    if backend == "auto":
+        backend = bb.eval.backend
+        if backend == "vllm" and (device == "cpu" or importlib.util.find_spec("vllm") is None):
+            why = "no GPU" if device == "cpu" else "vLLM is not installed (pip install 'merge-bench[vllm]')"
+            backend, notice = "hf", f"backbone {bb.name} declares the vllm backend; using hf ({why})"
+    if dtype is None:
+        dtype = "float32" if device == "cpu" else bb.eval.dtype
+    return Runtime(backend, device, dtype, notice)
+
+
+def pick_tasks(backbone: Backbone, n_tasks: int | None, tasks: list[str] | None, seed: int) -> list[str]:
+    """``tasks`` as named (``["paper"]``: the STAR paper's set), or ``n_tasks`` drawn with ``seed`` from the
+    backbone's pickable tasks, or all of those."""
+    if tasks and n_tasks is not None:
+        raise ValueError("give --tasks or --n-tasks, not both")
+    if tasks == [PAPER]:
+        if not backbone.paper_tasks:
+            raise ValueError(f"backbone {backbone.name} has no task set reported by the STAR paper")
+        return list(backbone.paper_tasks)
+    if tasks:
+        unknown = [t for t in tasks if t not in backbone.adapters]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown} for backbone {backbone.name}; valid tasks: "
+                             f"{', '.join(backbone.tasks)}" + (", or 'paper'" if backbone.paper_tasks else ""))
+        if len(set(tasks)) != len(tasks):
+            raise ValueError(f"--tasks names a task twice: {tasks}")
+        return list(tasks)
+    pool = backbone.pickable_tasks
+    if n_tasks is None:
+        return pool
+    if not 1 <= n_tasks <= len(pool):
+        raise ValueError(f"--n-tasks must be between 1 and {len(pool)} for backbone {backbone.name}, got {n_tasks}")
+    picked = set(random.Random(seed).sample(sorted(pool), n_tasks))
+    return [t for t in pool if t in picked]
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    key: str  # the row name: "star", or "star[eta=20]" when params differ from defaults
+    name: str
+    spec: str  # what get_method was given (a name or a file spec)
+    config: dict[str, Any]
+    code: str  # provenance.merge_code_sha256 of its class: part of the cache key of its scores
+
+
+def resolve_methods(names: list[str] | None, params: dict[str, dict[str, Any]]) -> list[MethodRun]:
+    if names is None:
+        names = list(DEFAULT_METHODS)
+    elif names == ["all"]:
+        names = sorted(available_methods())
+    runs = []
+    for spec in names:
+        cls = get_method(spec)
+        overrides = params.get(cls.name, params.get(spec, {}))
+        config = cls(**overrides).config  # validates the params before any heavy work
+        changed = {k: v for k, v in config.items() if k in overrides}
+        key = cls.name + ("[" + ",".join(f"{k}={v}" for k, v in sorted(changed.items())) + "]" if changed else "")
+        runs.append(MethodRun(key, cls.name, spec, config, merge_code_sha256(cls)))
+    stray = sorted(set(params) - {r.name for r in runs} - set(names))
+    if stray:
+        raise ValueError(f"--param given for method(s) {stray} that are not being run")
+    return runs
+
+
+@dataclass(frozen=True)
+class Job:
+    """One model variant and the tasks it is evaluated on."""
+
+    name: str  # "pretrained", "lora:<task>", "merged:<method key>"
+    variant: dict[str, Any]  # the variant's part of the cache key
+    tasks: list[str]
+    method: MethodRun | None = None
+
+
+def build_jobs(tasks: list[str], methods: list[MethodRun], adapter_sha: dict[str, str]) -> list[Job]:
+    merged_inputs = [{"task": t, "sha256": adapter_sha[t]} for t in tasks]
+    jobs = [Job("pretrained", {"kind": "pretrained"}, tasks)]
+    jobs += [Job(f"lora:{t}", {"kind": "lora", "adapter": adapter_sha[t]}, [t]) for t in tasks]
+    jobs += [Job(f"merged:{m.key}", {"kind": "merged", "method": m.name, "params": m.config, "inputs": merged_inputs,
+                                     "code": m.code}, tasks, m) for m in methods]
+    return jobs
+
+
+def where(model_id: str, kind: str) -> str:
+    """Where an id resolves for ``--dry-run``: its local path, or "download"."""
+    path = locate(model_id, kind)
+    return str(path) if path is not None else "download"
+
+
+# Items per second this machine last measured, per (backbone, backend, device kind): for --dry-run estimates.
+def _throughput_file() -> Path:
+    return cache_root() / "throughput.json"
+
+
+def last_throughput(bb: Backbone, runtime: Runtime) -> float | None:
+    try:
+        return json.loads(_throughput_file().read_text()).get(_throughput_key(bb, runtime))
+    except (OSError, ValueError):
+        return None
+
+
+def record_throughput(bb: Backbone, runtime: Runtime, items_per_s: float) -> None:
+    try:
+        known = json.loads(_throughput_file().read_text())
+    except (OSError, ValueError):
+        known = {}
+    known[_throughput_key(bb, runtime)] = round(items_per_s, 3)
+    write_json_atomic(_throughput_file(), known)
+
+
+def _throughput_key(bb: Backbone, runtime: Runtime) -> str:
+    return f"{bb.name}|{runtime.backend}|{runtime.device.split(':')[0]}"

@@ -1,0 +1,50 @@
+"""The run's table: raw per-task scores and Avg. Normalized per row, footnotes for undefined or unstable
+ratios, and the numbers the STAR paper reports for the same task set."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from tabulate import tabulate
+
+from ..backbones.spec import Reported
+from .scores import undefined_tasks, unstable_tasks
+
+NA = "n/a"
+
+
+def normalization(lora: dict[str, float], pretrained: dict[str, float]) -> dict[str, Any]:
+    """Which tasks make the normalized score undefined (LoRA ≤ 0) or unstable (LoRA ≤ pretrained), and why."""
+    undefined, unstable = undefined_tasks(lora), unstable_tasks(lora, pretrained)
+    notes = []
+    if undefined:
+        notes.append(f"the LoRA scores ≤ 0 on {', '.join(undefined)}: the ratio merged/LoRA is undefined there, so "
+                     f"Avg. Normalized is {NA}")
+    if unstable:
+        notes.append(f"the LoRA does not beat pretrained on {', '.join(unstable)}: an unstable denominator, "
+                     "so Avg. Normalized is not comparable there")
+    return {"undefined": undefined, "unstable": unstable, "note": "; ".join(notes) or None}
+
+
+def _fmt(value: float | None) -> str | float:
+    return NA if value is None else value
+
+
+def results_table(record: dict, reported: Sequence[Reported] = ()) -> str:
+    """Rows pretrained, LoRA and each method; a column per task and Avg. Normalized; then the paper's rows."""
+    tasks = record["config"]["tasks"]
+    norm = record.get("normalization") or {"undefined": [], "unstable": [], "note": None}
+    flagged = set(norm["undefined"]) | set(norm["unstable"])
+    headers = ["model", *(f"{t}*" if t in flagged else t for t in tasks), "Avg. Normalized"]
+    lora_norm = NA if norm["undefined"] else 100.0
+    rows = [["pretrained", *(record["pretrained"]["scores"][t] for t in tasks), _fmt(record["pretrained"]["normalized"])],
+            ["LoRA", *(record["lora"]["scores"][t] for t in tasks), lora_norm]]
+    for key, m in record["methods"].items():
+        rows.append([key, *(m["scores"][t] for t in tasks), _fmt(m["normalized"])])
+    text = tabulate(rows, headers=headers, floatfmt=".2f")
+    if norm["note"]:
+        text += f"\n* {norm['note']}"
+    for r in reported:
+        paper = [[f"{name} (reported)", *([""] * len(tasks)), value] for name, value in r.scores.items()]
+        text += (f"\n\nReported by the STAR paper for this task set, not reproduced here ({r.source}):\n"
+                 + tabulate(paper, headers=headers, floatfmt=".2f"))
+    return text

@@ -1,0 +1,78 @@
+"""One place for what we silence from the libraries underneath, and why.
+
+A run shows one merge-bench progress bar. Left alone, transformers shows a bar at every model load, each
+lm-eval call adds a "Building contexts" bar
+and a "Running generate_until requests" bar (hundreds of blank lines over a run), asks git for a commit
+(``git describe`` prints "fatal: not a git repository" outside a checkout), and logs notices meant for
+its own CLI. ``--verbose`` (``quiet(verbose=True)``) keeps all of it.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from contextlib import ExitStack, contextmanager
+from typing import Iterator
+from unittest import mock
+
+# Notices that are advice for lm-eval's own CLI, or expected for how we drive it.
+NOTICES = (
+    "Custom kwargs can be passed",  # at every load of a task with a custom_dataset hook
+    "`pretrained` model kwarg is not of type `str`",  # we hand HFLM the model we keep in memory
+    "Passed an already-initialized model through `pretrained`",
+)
+# lm-eval modules that log those notices or create a tqdm bar of their own (a logger's filter sees only
+# records logged on that logger, so each module's logger gets it).
+MODULES = ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.evaluator", "lm_eval.models.huggingface",
+           "lm_eval.models.vllm_causallms")
+
+
+class _DropNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(n in message for n in NOTICES)
+
+
+_FILTER = _DropNotices()
+
+
+def _silent_tqdm(*args, **kwargs):
+    from tqdm import tqdm
+
+    kwargs["disable"] = True
+    return tqdm(*args, **kwargs)
+
+
+@contextmanager
+def quiet(verbose: bool = False) -> Iterator[None]:
+    """Silence lm-eval's bars, its git probe and its CLI notices while the block runs."""
+    if verbose:
+        yield
+        return
+    import lm_eval.evaluator  # noqa: F401  (loads the modules whose bars and git probe are patched)
+
+    with ExitStack() as stack:
+        for name in MODULES:
+            logger = logging.getLogger(name)
+            if _FILTER not in logger.filters:
+                logger.addFilter(_FILTER)
+                stack.callback(logger.removeFilter, _FILTER)
+            module = sys.modules.get(name)  # patch only what is loaded: importing vllm_causallms costs seconds
+            if module is not None and hasattr(module, "tqdm"):
+                stack.enter_context(mock.patch.object(module, "tqdm", _silent_tqdm))
+        stack.enter_context(mock.patch("lm_eval.evaluator.get_git_commit_hash", return_value=None))
+        stack.enter_context(_no_transformers_bars())
+        yield
+
+
+@contextmanager
+def _no_transformers_bars() -> Iterator[None]:
+    """transformers 5 shows a "Loading weights" bar at every from_pretrained (base, PEFT adapter)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
