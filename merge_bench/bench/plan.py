@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..backbones import Backbone, locate
+from ..backbones import Backbone
 from ..io.files import cache_root, write_json_atomic
 from ..merging.methods import available_methods, get_method
 from .provenance import merge_code_sha256
@@ -148,12 +148,6 @@ def build_jobs(tasks: list[str], methods: list[MethodRun], adapter_sha: dict[str
     jobs += [Job(f"merged:{m.key}", {"kind": "merged", "method": m.name, "params": m.config, "inputs": merged_inputs,
                                      "code": m.code}, tasks, m) for m in methods]
     return jobs
-
-
-def where(model_id: str, kind: str) -> str:
-    """Where an id resolves for ``--dry-run``: its local path, or "download"."""
-    path = locate(model_id, kind)
-    return str(path) if path is not None else "download"
 
 
 # Items per second this machine last measured, per (backbone, backend, device kind): for --dry-run estimates.

@@ -18,11 +18,11 @@ from typing import Any
 from tqdm import tqdm
 
 from .. import __version__
-from ..backbones import Backbone, get_backbone, resolve
+from ..backbones import Backbone, get_backbone, locate, resolve
 from ..io.files import cache_root, content_hash, dir_sha256, write_json_atomic
 from .cache import ResultCache
 from .plan import (DEFAULT_METHODS, PROTOCOL, Job, MethodRun, RunConfig, Runtime, build_jobs, last_throughput,
-                   pick_tasks, record_throughput, resolve_methods, resolve_runtime, where)
+                   pick_tasks, record_throughput, resolve_methods, resolve_runtime)
 from .provenance import git_commit, hardware, versions
 from .report import normalization, results_table
 from .scores import normalized_or_none
@@ -34,16 +34,19 @@ __all__ = ["DEFAULT_METHODS", "PROTOCOL", "RunConfig", "pick_tasks", "resolve_me
 class Prepared:
     """A run's inputs resolved and hashed, its tasks described, its jobs and cache keys known."""
 
-    def __init__(self, cfg: RunConfig, bb: Backbone, *, build_base: bool = True) -> None:
+    def __init__(self, cfg: RunConfig, bb: Backbone, *, dry: bool = False) -> None:
         self.cfg, self.bb = cfg, bb
         self.tasks = pick_tasks(bb, cfg.n_tasks, cfg.tasks, cfg.seed)
         self.methods = resolve_methods(cfg.methods, cfg.params)
         self.runtime = resolve_runtime(cfg.backend, cfg.device, cfg.dtype, bb)
-        self.base_dir = self._base_dir(build_base)
-        self.adapter_dirs = {t: resolve(bb.adapters[t].id, bb.adapters[t].revision, kind=bb.adapters[t].kind)
+        # A dry run downloads nothing: what is not local is "download" (None), its evaluations all to run.
+        # A locally built base (tiny) is built, dry run included: its hash keys the cached results.
+        find = (lambda id_, rev, kind: locate(id_, kind)) if dry else resolve
+        self.base_dir = bb.local_base() if bb.local_base else find(bb.base_id, bb.base_revision, "base")
+        self.adapter_dirs = {t: find(bb.adapters[t].id, bb.adapters[t].revision, bb.adapters[t].kind)
                              for t in self.tasks}
-        self.base_sha = dir_sha256(self.base_dir) if self.base_dir is not None else None
-        self.adapter_sha = {t: dir_sha256(d) for t, d in self.adapter_dirs.items()}
+        self.base_sha = dir_sha256(self.base_dir) if self.base_dir else None
+        self.adapter_sha = {t: dir_sha256(d) if d else None for t, d in self.adapter_dirs.items()}
 
         from ..evaluation.harness import describe_tasks
         from ..evaluation.tasks import task_manager
@@ -58,13 +61,6 @@ class Prepared:
                       or (k == "vllm" and self.runtime.backend == "vllm")}
         self.jobs = build_jobs(self.tasks, self.methods, self.adapter_sha)
 
-    def _base_dir(self, build: bool) -> Path | None:
-        if self.bb.local_base is None:
-            return resolve(self.bb.base_id, self.bb.base_revision, kind="base")
-        if build:
-            return self.bb.local_base()
-        return None  # dry run of a locally built base: not built here
-
     def key(self, variant: dict, task: str) -> dict:
         info, rt = self.infos[task], self.runtime
         key = {"protocol": PROTOCOL, "base": self.base_sha, "variant": variant, "backend": rt.backend,
@@ -76,9 +72,11 @@ class Prepared:
         return key
 
     def pending(self) -> dict[str, list[str]]:
-        if self.base_sha is None:
-            return {job.name: list(job.tasks) for job in self.jobs}
-        return {job.name: [t for t in job.tasks if self.cache.get(self.key(job.variant, t)) is None]
+        def known(job: Job) -> bool:  # every input hashed (a dry run leaves downloads unhashed)
+            hashes = [self.adapter_sha[t] for t in job.tasks] if job.variant["kind"] != "pretrained" else []
+            return self.base_sha is not None and None not in hashes
+
+        return {job.name: [t for t in job.tasks if not known(job) or self.cache.get(self.key(job.variant, t)) is None]
                 for job in self.jobs}
 
     def header(self) -> str:
@@ -89,18 +87,19 @@ class Prepared:
 def dry_run(cfg: RunConfig, *, backbone: Backbone | None = None) -> dict[str, Any]:
     """Print what ``run_benchmark(cfg)`` would do and return it as a dict; loads no model, evaluates nothing."""
     bb = backbone or get_backbone(cfg.backbone)
-    prep = Prepared(cfg, bb, build_base=False)
+    prep = Prepared(cfg, bb, dry=True)
     pending = prep.pending()
     total = sum(len(j.tasks) for j in prep.jobs)
     todo = sum(len(ts) for ts in pending.values())
     items = sum(prep.infos[t].n for ts in pending.values() for t in ts)
     rate = last_throughput(bb, prep.runtime)
-    base_where = where(bb.base_id, "base") if bb.local_base is None else "built locally on first use, then cached"
+    base_where = f"built locally: {prep.base_dir}" if bb.local_base else str(prep.base_dir or "download")
     plan = {
         "backbone": bb.name, "tasks": prep.tasks, "runtime": asdict(prep.runtime),
         "methods": {m.key: m.config for m in prep.methods},
         "base": {"id": bb.base_id, "where": base_where},
-        "adapters": {t: {"id": bb.adapters[t].id, "kind": bb.adapters[t].kind, "where": str(prep.adapter_dirs[t])}
+        "adapters": {t: {"id": bb.adapters[t].id, "kind": bb.adapters[t].kind,
+                         "where": str(prep.adapter_dirs[t] or "download")}
                      for t in prep.tasks},
         "evaluations": {"total": total, "cached": total - todo, "to_run": todo, "items": items},
         "estimate_s": round(items / rate) if rate else None,

@@ -1,7 +1,7 @@
 """One place for what we silence from the libraries underneath, and why.
 
-A run shows one merge-bench progress bar. Left alone, transformers shows a bar at every model load, each
-lm-eval call adds a "Building contexts" bar
+A run shows one merge-bench progress bar. Left alone, transformers shows a bar at every model load,
+datasets one at every data load, each lm-eval call adds a "Building contexts" bar
 and a "Running generate_until requests" bar (hundreds of blank lines over a run), asks git for a commit
 (``git describe`` prints "fatal: not a git repository" outside a checkout), and logs notices meant for
 its own CLI. ``--verbose`` (``quiet(verbose=True)``) keeps all of it.
@@ -60,19 +60,24 @@ def quiet(verbose: bool = False) -> Iterator[None]:
             if module is not None and hasattr(module, "tqdm"):
                 stack.enter_context(mock.patch.object(module, "tqdm", _silent_tqdm))
         stack.enter_context(mock.patch("lm_eval.evaluator.get_git_commit_hash", return_value=None))
-        stack.enter_context(_no_transformers_bars())
+        stack.enter_context(_no_library_bars())
         yield
 
 
 @contextmanager
-def _no_transformers_bars() -> Iterator[None]:
-    """transformers 5 shows a "Loading weights" bar at every from_pretrained (base, PEFT adapter)."""
+def _no_library_bars() -> Iterator[None]:
+    """transformers 5 shows a "Loading weights" bar at every from_pretrained (base, PEFT adapter), and
+    datasets a "Generating test split" bar at every load of a task's data."""
+    import datasets
     from transformers.utils import logging as hf_logging
 
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
+    toggles = [(hf_logging.is_progress_bar_enabled(), hf_logging.disable_progress_bar, hf_logging.enable_progress_bar),
+               (datasets.is_progress_bar_enabled(), datasets.disable_progress_bars, datasets.enable_progress_bars)]
+    for _, disable, _ in toggles:
+        disable()
     try:
         yield
     finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
+        for was_enabled, _, enable in toggles:
+            if was_enabled:
+                enable()
