@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import Iterator
+from unittest import mock
 
 from ..backbones import Backbone
 from .quiet import quiet
@@ -77,7 +80,7 @@ def run_lm_eval(lm, backbone: Backbone, shorts: list[str], manager, limit: int |
     from lm_eval import simple_evaluate
 
     names = [backbone.lm_eval_task(s) for s in shorts]
-    with quiet(verbose):
+    with quiet(verbose), _no_environment_probes():
         out = simple_evaluate(
             model=lm, tasks=names, task_manager=manager, limit=limit, apply_chat_template=backbone.chat_template,
             log_samples=False, bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
@@ -88,3 +91,14 @@ def run_lm_eval(lm, backbone: Backbone, shorts: list[str], manager, limit: int |
         metric, value = _primary_metric(out["results"][name], name)
         scores[short] = TaskScore(metric, 100.0 * value, int(out["n-samples"][name]["effective"]))
     return scores
+
+
+@contextmanager
+def _no_environment_probes() -> Iterator[None]:
+    """simple_evaluate records its environment into results we discard (our run record has its own
+    versions and hardware): ``add_env_info`` runs torch's collect_env, about 1.1 s of subprocesses per
+    call (88 % of an evaluation on a rehearsal mirror), and ``get_git_commit_hash`` runs ``git describe``,
+    which prints "fatal: not a git repository" outside a checkout."""
+    with mock.patch("lm_eval.evaluator.add_env_info"), \
+            mock.patch("lm_eval.evaluator.get_git_commit_hash", return_value=None):
+        yield

@@ -10,12 +10,28 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+from unittest import mock
 
 import torch
+from lm_eval.models.huggingface import HFLM
 
 from ..backbones import Backbone
 from .harness import TaskScore, run_lm_eval
 from .quiet import quiet
+
+
+class NewTokensHFLM(HFLM):
+    """lm-eval's HFLM, with seq2seq generation capped at max_gen_toks new tokens.
+
+    lm-eval passes ``max_length = len(prompt) + max_gen_toks`` to ``generate``; for an encoder-decoder
+    that bounds the *decoder*, so a T5 that emits no ``</s>`` wrote up to len(prompt) + 10 tokens where
+    the protocol allows 10 (more text gives label matching more chances to hit).
+    """
+
+    def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
+        if self.backend == "seq2seq":  # the decoder's start token plus max_gen_toks new ones
+            max_length = max_length - context.shape[1] + 1
+        return super()._model_generate(context, max_length, stop, **generation_kwargs)
 
 
 class HFEvaluator:
@@ -26,7 +42,6 @@ class HFEvaluator:
     def __init__(self, backbone: Backbone, base_dir: Path, manager, *, device: str = "cpu", dtype: str = "float32",
                  batch_size: int | None = None, limit: int | None = None, seed: int = 42,
                  verbose: bool = False) -> None:
-        from lm_eval.models.huggingface import HFLM
         from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
         from ..merging.numerics import parse_dtype
@@ -35,7 +50,11 @@ class HFEvaluator:
         with quiet(verbose):
             self.model = auto.from_pretrained(base_dir, dtype=parse_dtype(dtype)).to(device).eval()
             tokenizer = AutoTokenizer.from_pretrained(base_dir)
-            self.lm = HFLM(pretrained=self.model, tokenizer=tokenizer, device=device,
+        # HFLM re-ties the loaded model's weights. transformers 5's T5Config forces tie_word_embeddings=True,
+        # so that would overwrite flan-t5's own lm_head (T5 v1.1 unties it; from_pretrained keeps it
+        # "NOT tied") with the input embeddings. from_pretrained has tied whatever the checkpoint ties.
+        with quiet(verbose), mock.patch.object(self.model, "tie_weights"):
+            self.lm = NewTokensHFLM(pretrained=self.model, tokenizer=tokenizer, device=device,
                            batch_size=batch_size or backbone.eval.batch_size, max_length=backbone.eval.max_length,
                            backend="seq2seq" if backbone.seq2seq else "causal")
         self.backbone, self.base_dir, self.manager = backbone, base_dir, manager

@@ -2,9 +2,9 @@
 
 A run shows one merge-bench progress bar. Left alone, transformers shows a bar at every model load,
 datasets one at every data load, each lm-eval call adds a "Building contexts" bar
-and a "Running generate_until requests" bar (hundreds of blank lines over a run), asks git for a commit
-(``git describe`` prints "fatal: not a git repository" outside a checkout), and logs notices meant for
-its own CLI. ``--verbose`` (``quiet(verbose=True)``) keeps all of it.
+and a "Running generate_until requests" bar (hundreds of blank lines over a run) and logs notices meant
+for its own CLI. (Its git probe, which prints "fatal: not a git repository" outside a checkout, is
+skipped in ``harness.run_lm_eval``.) ``--verbose`` (``quiet(verbose=True)``) keeps all of it.
 """
 from __future__ import annotations
 
@@ -19,11 +19,13 @@ NOTICES = (
     "Custom kwargs can be passed",  # at every load of a task with a custom_dataset hook
     "`pretrained` model kwarg is not of type `str`",  # we hand HFLM the model we keep in memory
     "Passed an already-initialized model through `pretrained`",
+    # flan-t5 keeps its own lm_head, as it should (see hf_backend on tie_weights)
+    "but both are present in the checkpoints with different values, so we will NOT tie them",
 )
 # lm-eval modules that log those notices or create a tqdm bar of their own (a logger's filter sees only
 # records logged on that logger, so each module's logger gets it).
 MODULES = ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.evaluator", "lm_eval.models.huggingface",
-           "lm_eval.models.vllm_causallms")
+           "lm_eval.models.vllm_causallms", "transformers.modeling_utils")
 
 
 class _DropNotices(logging.Filter):
@@ -59,7 +61,6 @@ def quiet(verbose: bool = False) -> Iterator[None]:
             module = sys.modules.get(name)  # patch only what is loaded: importing vllm_causallms costs seconds
             if module is not None and hasattr(module, "tqdm"):
                 stack.enter_context(mock.patch.object(module, "tqdm", _silent_tqdm))
-        stack.enter_context(mock.patch("lm_eval.evaluator.get_git_commit_hash", return_value=None))
         stack.enter_context(_no_library_bars())
         yield
 
