@@ -77,9 +77,21 @@ def test_run_end_to_end_and_resume(micro_backbone, cache, tmp_path, monkeypatch,
     # The printed table has the rows and columns a user reads.
     table = results_table(record)
     lines = table.splitlines()
-    assert lines[0].split() == ["model", *tasks, "Avg.", "Normalized"]
+    assert lines[0].split() == ["model", *tasks, "Avg.", "Normalized", "95", "%", "CI"]
     assert [l.split()[0] for l in lines[2:]] == ["pretrained", "LoRA", "simple_avg", "task_arithmetic"]
     assert table in capsys.readouterr().out
+
+    # Protocol v2: every evaluation keeps its per-item scores, in the order of the sampled ids, and every
+    # normalized score carries its bootstrap CI.
+    items = record["per_item"]
+    assert {t: len(v) for t, v in items["pretrained"].items()} == {t: record["tasks"][t]["n"] for t in tasks}
+    assert set(items["lora"]) == set(tasks) and set(items["methods"]) == set(record["methods"])
+    for key, m in record["methods"].items():
+        assert [100 * sum(items["methods"][key][t]) / len(items["methods"][key][t]) for t in tasks] == \
+            pytest.approx([m["scores"][t] for t in tasks])
+        lo, hi = m["normalized_ci95"]
+        assert lo <= m["normalized"] <= hi
+    assert record["stats"]["B"] == 2000 and record["stats"]["reference"] == "simple_avg"
 
     # The record on disk reloads and equals what was returned.
     saved = sorted((tmp_path / "runs").glob("micro-*.json"))
@@ -153,3 +165,20 @@ def test_unknown_names_list_valid_ones(capsys):
     assert "unknown task(s) ['nope'] for backbone mistral-7b-instruct-v0.2; valid tasks:" in capsys.readouterr().err
     assert main(["run", "--param", "star"]) == 2
     assert "expected method.key=value" in capsys.readouterr().err
+
+
+def test_a_cached_result_without_per_item_scores_is_evaluated_again(micro_backbone, cache, tmp_path, monkeypatch):
+    calls = count_evaluations(monkeypatch)
+    cfg = RunConfig(backbone="micro", methods=["simple_avg"], out=tmp_path / "runs", tasks=["color"],
+                    cache_dir=tmp_path / "results")
+    first = run_benchmark(cfg, backbone=micro_backbone, progress=False)
+    assert len(calls) == 3
+    old = next(p for p in (tmp_path / "results").rglob("*.json")
+               if json.loads(p.read_text())["key"]["variant"]["kind"] == "pretrained")
+    entry = json.loads(old.read_text())
+    del entry["value"]["per_item"]  # as an earlier release cached it
+    old.write_text(json.dumps(entry))
+    calls.clear()
+    again = run_benchmark(cfg, backbone=micro_backbone, progress=False)
+    assert calls == [("color",)]  # only the pretrained row, which had no per-item scores
+    assert again["per_item"] == first["per_item"]

@@ -1,5 +1,6 @@
-"""The run's table: raw per-task scores and Avg. Normalized per row, footnotes for undefined or unstable
-ratios, and the numbers the STAR paper reports for the same task set."""
+"""The run's table: raw per-task scores and Avg. Normalized per row with its 95 % CI (protocol v2's paired
+bootstrap over the items), footnotes for undefined or unstable ratios, and the numbers the STAR paper
+reports for the same task set."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -7,6 +8,7 @@ from typing import Any, Sequence
 from tabulate import tabulate
 
 from ..backbones.spec import Reported
+from . import stats
 from .scores import undefined_tasks, unstable_tasks
 
 NA = "n/a"
@@ -25,6 +27,29 @@ def normalization(lora: dict[str, float], pretrained: dict[str, float]) -> dict[
     return {"undefined": undefined, "unstable": unstable, "note": "; ".join(notes) or None}
 
 
+def add_uncertainty(record: dict, B: int = stats.DEFAULT_B) -> None:
+    """Bootstrap the record's per-item scores (one task draw): ``normalized_ci95`` on the pretrained row and
+    every method, and the whole result under ``stats``. Undefined ratios leave them out (n/a)."""
+    if record["normalization"]["undefined"] or not record["methods"]:
+        record["stats"] = None
+        return
+    items = record["per_item"]
+    draw = stats.Draw({t: stats.TaskItems("spearman" if info["metric"] == "spearman" else "mean",
+                                          items["pretrained"][t], items["lora"][t],
+                                          {k: items["methods"][k][t] for k in record["methods"]})
+                       for t, info in record["tasks"].items()})
+    result = stats.bootstrap([draw], B=B).to_dict()
+    record["stats"] = result
+    record["pretrained"]["normalized_ci95"] = result["pretrained"]["normalized_ci95"]
+    for key, m in record["methods"].items():
+        m["normalized_ci95"] = result["methods"][key]["normalized_ci95"]
+
+
+def _ci(row: dict) -> str:
+    ci = row.get("normalized_ci95")
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+
+
 def _fmt(value: float | None) -> str | float:
     return NA if value is None else value
 
@@ -34,17 +59,18 @@ def results_table(record: dict, reported: Sequence[Reported] = ()) -> str:
     tasks = record["config"]["tasks"]
     norm = record.get("normalization") or {"undefined": [], "unstable": [], "note": None}
     flagged = set(norm["undefined"]) | set(norm["unstable"])
-    headers = ["model", *(f"{t}*" if t in flagged else t for t in tasks), "Avg. Normalized"]
+    headers = ["model", *(f"{t}*" if t in flagged else t for t in tasks), "Avg. Normalized", "95 % CI"]
     lora_norm = NA if norm["undefined"] else 100.0
-    rows = [["pretrained", *(record["pretrained"]["scores"][t] for t in tasks), _fmt(record["pretrained"]["normalized"])],
-            ["LoRA", *(record["lora"]["scores"][t] for t in tasks), lora_norm]]
+    pre = record["pretrained"]
+    rows = [["pretrained", *(pre["scores"][t] for t in tasks), _fmt(pre["normalized"]), _ci(pre)],
+            ["LoRA", *(record["lora"]["scores"][t] for t in tasks), lora_norm, ""]]
     for key, m in record["methods"].items():
-        rows.append([key, *(m["scores"][t] for t in tasks), _fmt(m["normalized"])])
+        rows.append([key, *(m["scores"][t] for t in tasks), _fmt(m["normalized"]), _ci(m)])
     text = tabulate(rows, headers=headers, floatfmt=".2f")
     if norm["note"]:
         text += f"\n* {norm['note']}"
     for r in reported:
-        paper = [[f"{name} (reported)", *([""] * len(tasks)), value] for name, value in r.scores.items()]
+        paper = [[f"{name} (reported)", *([""] * len(tasks)), value, ""] for name, value in r.scores.items()]
         text += (f"\n\nReported by the STAR paper for this task set, not reproduced here ({r.source}):\n"
                  + tabulate(paper, headers=headers, floatfmt=".2f"))
     return text

@@ -24,7 +24,7 @@ from .cache import ResultCache
 from .plan import (DEFAULT_METHODS, PROTOCOL, Job, MethodRun, RunConfig, Runtime, build_jobs, last_throughput,
                    pick_tasks, record_throughput, resolve_methods, resolve_runtime)
 from .provenance import git_commit, hardware, versions
-from .report import normalization, results_table
+from .report import add_uncertainty, normalization, results_table
 from .scores import normalized_or_none
 
 __all__ = ["DEFAULT_METHODS", "PROTOCOL", "RunConfig", "pick_tasks", "resolve_methods", "results_table",
@@ -76,8 +76,11 @@ class Prepared:
             hashes = [self.adapter_sha[t] for t in job.tasks] if job.variant["kind"] != "pretrained" else []
             return self.base_sha is not None and None not in hashes
 
-        return {job.name: [t for t in job.tasks if not known(job) or self.cache.get(self.key(job.variant, t)) is None]
-                for job in self.jobs}
+        def cached(job: Job, task: str) -> bool:  # a result from before per-item scores is evaluated again
+            hit = self.cache.get(self.key(job.variant, task)) if known(job) else None
+            return hit is not None and "per_item" in hit
+
+        return {job.name: [t for t in job.tasks if not cached(job, t)] for job in self.jobs}
 
     def header(self) -> str:
         return (f"backbone {self.bb.name}: {len(self.tasks)} task(s) {', '.join(self.tasks)} (seed {self.cfg.seed}); "
@@ -156,7 +159,8 @@ def _evaluate(prep: Prepared, progress: bool) -> None:
                 s = evaluator.evaluate([t])[t]
                 seconds += time.perf_counter() - start
                 items += s.n
-                prep.cache.put(prep.key(job.variant, t), {"score": s.score, "metric": s.metric, "n": s.n, **extra})
+                prep.cache.put(prep.key(job.variant, t), {"score": s.score, "metric": s.metric, "n": s.n,
+                                                          "per_item": s.per_item, **extra})
                 bar.update(1)
     bar.close()
     if items and seconds > 0:
@@ -209,6 +213,8 @@ def _record(prep: Prepared) -> dict[str, Any]:
         "pretrained": {"scores": pretrained, "normalized": normalized_or_none(pretrained, lora)},
         "lora": {"scores": lora},
         "methods": {},
+        "per_item": {"pretrained": {t: r["per_item"] for t, r in pretrained_rows.items()},
+                     "lora": {job.tasks[0]: row(job)[job.tasks[0]]["per_item"] for job in lora_jobs}, "methods": {}},
     }
     for job in merged_jobs:
         m: MethodRun = job.method
@@ -218,6 +224,8 @@ def _record(prep: Prepared) -> dict[str, Any]:
                                     "normalized": normalized_or_none(scores, lora),
                                     "merged_sha256": results[tasks[0]].get("merged_sha256"),
                                     "merge_code_sha256": m.code}
+        record["per_item"]["methods"][m.key] = {t: r["per_item"] for t, r in results.items()}
+    add_uncertainty(record)
     record["record_sha256"] = content_hash(record)
     return record
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Iterator
 from unittest import mock
 
@@ -32,6 +32,9 @@ class TaskScore:
     metric: str
     score: float  # 0–100
     n: int
+    # One value per scored item, in the order of the sampled ids: 0/1 (acc), token F1 (f1), or the
+    # (prediction, gold) pair (spearman). Protocol v2's bootstrap resamples these.
+    per_item: list = field(default_factory=list)
 
 
 def sample_ids_sha256(ids: list[str]) -> str:
@@ -83,13 +86,15 @@ def run_lm_eval(lm, backbone: Backbone, shorts: list[str], manager, limit: int |
     with quiet(verbose), _no_environment_probes():
         out = simple_evaluate(
             model=lm, tasks=names, task_manager=manager, limit=limit, apply_chat_template=backbone.chat_template,
-            log_samples=False, bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+            log_samples=True, bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
             fewshot_random_seed=seed, verbosity="ERROR",
         )
     scores = {}
     for short, name in zip(shorts, names):
         metric, value = _primary_metric(out["results"][name], name)
-        scores[short] = TaskScore(metric, 100.0 * value, int(out["n-samples"][name]["effective"]))
+        samples = sorted(out["samples"][name], key=lambda s: s["doc_id"])
+        per_item = [list(s[metric]) if isinstance(s[metric], (tuple, list)) else float(s[metric]) for s in samples]
+        scores[short] = TaskScore(metric, 100.0 * value, int(out["n-samples"][name]["effective"]), per_item)
     return scores
 
 
