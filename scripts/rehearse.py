@@ -2,7 +2,7 @@
 run `merge-bench run --backbone B --methods all --limit 2` on it with the hub-schema fixtures as data, and
 fail unless the run exits 0, prints the table with every method, and writes its record.
 
-    python scripts/rehearse.py --backbone mistral [--backend hf|vllm] [--mirror DIR]
+    python scripts/rehearse.py --backbone mistral [--backend hf|vllm] [--n-tasks K] [--mirror DIR]
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ def main() -> int:
     ap.add_argument("--backend", default="hf", choices=("hf", "vllm"))
     ap.add_argument("--mirror", type=Path, help="mirror folder (default: a temporary one)")
     ap.add_argument("--limit", type=int, default=2)
+    ap.add_argument("--n-tasks", type=int, help="draw this many tasks (default: all; CI's vLLM step takes 3)")
     args = ap.parse_args()
 
     from merge_bench.backbones.rehearsal import build_mirror
@@ -40,6 +41,8 @@ def main() -> int:
                "TRANSFORMERS_OFFLINE": "1"}
         cmd = [sys.executable, "-m", "merge_bench.cli", "run", "--backbone", args.backbone, "--methods", "all",
                "--limit", str(args.limit), "--backend", args.backend, "--device", "cpu", "--out", str(out)]
+        if args.n_tasks:
+            cmd += ["--n-tasks", str(args.n_tasks)]
         start = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         ran = time.perf_counter() - start

