@@ -110,6 +110,7 @@ class MethodRun:
     spec: str  # what get_method was given (a name or a file spec)
     config: dict[str, Any]
     code: str  # provenance.merge_code_sha256 of its class: part of the cache key of its scores
+    lowrank: bool = False  # its class computes LoRA inputs' merges in factor space
 
 
 def resolve_methods(names: list[str] | None, params: dict[str, dict[str, Any]]) -> list[MethodRun]:
@@ -124,7 +125,7 @@ def resolve_methods(names: list[str] | None, params: dict[str, dict[str, Any]]) 
         config = cls(**overrides).config  # validates the params before any heavy work
         changed = {k: v for k, v in config.items() if k in overrides}
         key = cls.name + ("[" + ",".join(f"{k}={v}" for k, v in sorted(changed.items())) + "]" if changed else "")
-        runs.append(MethodRun(key, cls.name, spec, config, merge_code_sha256(cls)))
+        runs.append(MethodRun(key, cls.name, spec, config, merge_code_sha256(cls), bool(cls.lowrank)))
     stray = sorted(set(params) - {r.name for r in runs} - set(names))
     if stray:
         raise ValueError(f"--param given for method(s) {stray} that are not being run")

@@ -146,7 +146,8 @@ def _evaluate(prep: Prepared, progress: bool) -> None:
     todo = sum(len(ts) for ts in pending.values())
     evaluator, items, seconds = None, 0, 0.0
     bar = tqdm(total=todo, desc="evaluating", unit="task", disable=not progress or todo == 0)
-    for job in prep.jobs:
+    # Dense merges last: on vLLM each one replaces the base engine, which the low-rank variants share.
+    for job in sorted(prep.jobs, key=lambda j: j.method is not None and not j.method.lowrank):
         if not pending[job.name]:
             continue
         if evaluator is None:
