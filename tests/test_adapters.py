@@ -149,6 +149,10 @@ def test_bad_adapter_files_name_the_problem(micro_loras, tmp_path):
     path = corrupt_copy(micro_loras[0], tmp_path / "nan", nan)
     with pytest.raises(ValueError, match=rf"{tmp_path / 'nan'}.*{key}.*NaN"):
         LoraAdapter(path)
+    path = corrupt_copy(micro_loras[0], tmp_path / "int8", lambda sd: sd.update({key: sd[key].to(torch.int8)}))
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'int8'}.*tensor '{key}' has dtype int8; merging needs "
+                                         "floating-point weights"):
+        LoraAdapter(path)
     path = corrupt_copy(micro_loras[0], tmp_path / "noB", lambda sd: sd.pop(key))
     with pytest.raises(ValueError, match="v_proj has lora_A but not both"):
         LoraAdapter(path)

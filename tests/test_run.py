@@ -6,25 +6,12 @@ import json
 
 import pytest
 
-from merge_bench.backbones.micro import build_micro_suite
-
 from merge_bench.bench import plan as plan_mod
 from merge_bench.bench import run as run_mod
 from merge_bench.backbones import get_backbone
 from merge_bench.merging.methods import get_method
 from merge_bench.bench.provenance import merge_code_sha256
 from merge_bench.bench.run import RunConfig, pick_tasks, results_table, run_benchmark
-
-
-@pytest.fixture(scope="module")
-def micro_backbone(micro_llama, tmp_path_factory):
-    return build_micro_suite(tmp_path_factory.mktemp("micro_suite"), micro_llama)
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MERGE_BENCH_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
 
 
 def count_evaluations(monkeypatch) -> list:

@@ -9,21 +9,9 @@ import json
 import pytest
 
 from merge_bench.backbones import get_backbone, locate
-from merge_bench.backbones.micro import build_micro_suite
 from merge_bench.bench.plan import pick_tasks, resolve_runtime
 from merge_bench.bench.report import normalization, results_table
 from merge_bench.bench.run import RunConfig, dry_run, run_benchmark
-
-
-@pytest.fixture(scope="module")
-def micro_backbone(micro_llama, tmp_path_factory):
-    return build_micro_suite(tmp_path_factory.mktemp("micro_suite"), micro_llama)
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MERGE_BENCH_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
 
 
 def test_runtime_auto_on_a_cpu_machine():
@@ -137,3 +125,14 @@ def test_the_console_holds_only_merge_bench_lines(micro_backbone, cache, tmp_pat
              and not line.startswith(("backbone micro", "run record: ")) and "evaluating" not in line]
     assert stray == []
     assert "fatal: not a git repository" not in out + err
+
+
+def test_the_leaderboard_shows_the_papers_numbers_beside_a_matching_task_set():
+    from merge_bench.leaderboard.tables import Group, Row, _reported, render_table
+
+    paper = list(get_backbone("mistral").paper_tasks)
+    group = Group("mistral-7b-instruct-v0.2", "n12-x", paper,
+                  [Row("star", "method", {}, 70.0, {t: 50.0 for t in paper})], _reported("mistral-7b-instruct-v0.2", paper))
+    table = render_table(group)
+    assert "star (reported by the STAR paper, not reproduced here)" in table and "78.96" in table
+    assert _reported("mistral-7b-instruct-v0.2", paper[:3]) == [] and _reported("no-such-backbone", paper) == []

@@ -76,13 +76,18 @@ def build_random_lora(base_dir: Path, out: Path, seed: int, r: int = 4, alpha: i
 
     base = AutoModelForCausalLM.from_pretrained(base_dir)
     model = get_peft_model(base, LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), **lora_kwargs))
+    randomize_lora_(model, seed, std)
+    model.save_pretrained(out)
+    return Path(out)
+
+
+def randomize_lora_(model, seed: int, std: float) -> None:
+    """Fill every LoRA factor of a PEFT model with seeded N(0, std²) values (PEFT starts B at zero)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_" in name:
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
-    model.save_pretrained(out)
-    return Path(out)
 
 
 def adapter_config(path: Path) -> dict:

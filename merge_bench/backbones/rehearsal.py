@@ -39,6 +39,7 @@ import torch
 
 from ..io.files import resource_dir, write_json_atomic
 from . import get_backbone
+from .micro import randomize_lora_
 from .spec import Backbone
 
 BUILD_VERSION = 1
@@ -227,11 +228,7 @@ def save_random_lora(base, dst: Path, family: str, base_id: str, seed: int) -> N
     with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         model = get_peft_model(copy.deepcopy(base), LoraConfig(**LORA[family]))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * LORA_STD)
+    randomize_lora_(model, seed, LORA_STD)
     model.save_pretrained(dst)
     config_path = dst / "adapter_config.json"
     config = json.loads(config_path.read_text())

@@ -166,6 +166,15 @@ def all_finite(t: Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
 
+def check_mergeable(t: Tensor, file: Path | str, name: str) -> None:
+    """A ValueError naming the file and tensor unless ``t`` is a floating-point tensor without NaN/Inf: the
+    task-vector maths cannot use integer or boolean weights (a quantized checkpoint or adapter)."""
+    if not t.is_floating_point():
+        raise ValueError(f"{file}: tensor {name!r} has dtype {str(t.dtype).removeprefix('torch.')}; merging needs "
+                         "floating-point weights (float32, bfloat16 or float16), not quantized ones")
+    check_finite(t, file, name)
+
+
 def check_finite(t: Tensor, file: Path | str, name: str) -> None:
     """A ValueError naming the file and tensor when ``t`` holds NaN/Inf."""
     if not all_finite(t):

@@ -7,6 +7,8 @@ from typing import Any, Iterable
 
 from tabulate import tabulate
 
+from ..backbones import get_backbone
+from ..backbones.spec import Reported
 from .schema import Entry
 
 PRETRAINED_LABEL = "Pretrained"
@@ -29,6 +31,7 @@ class Group:
     task_set: str
     tasks: list[str]
     rows: list[Row] = field(default_factory=list)
+    reported: list[Reported] = field(default_factory=list)  # the STAR paper's numbers for this task set
 
     @property
     def title(self) -> str:
@@ -61,9 +64,16 @@ def group_entries(entries: Iterable[Entry], backbone: str | None = None, task_se
         rows.append(Row(PRETRAINED_LABEL, "pretrained", {}, ref.pretrained.normalized, dict(ref.pretrained.scores)))
         rows.append(Row(LORA_LABEL, "lora", {}, ref.lora.normalized, dict(ref.lora.scores)))
         rows.sort(key=lambda r: (-r.normalized, r.label))
-        groups.append(Group(bb, ts, list(ref.task_set.tasks), rows))
+        groups.append(Group(bb, ts, list(ref.task_set.tasks), rows, _reported(bb, list(ref.task_set.tasks))))
     groups.sort(key=lambda g: (g.backbone, len(g.tasks), g.task_set))
     return groups
+
+
+def _reported(backbone: str, tasks: list[str]) -> list[Reported]:
+    try:
+        return get_backbone(backbone).reported_for(tasks)
+    except (ValueError, FileNotFoundError):  # a backbone this install does not know
+        return []
 
 
 def table_rows(group: Group, markdown: bool = False) -> tuple[list[str], list[list[str]]]:
@@ -76,6 +86,10 @@ def table_rows(group: Group, markdown: bool = False) -> tuple[list[str], list[li
         else:
             label, params = row.label, format_params(row.params)
         rows.append([label, params, f"{row.normalized:.2f}", *(f"{row.scores[t]:.2f}" for t in group.tasks)])
+    for r in group.reported:  # beside the measured rows, never ranked with them
+        for name, value in r.scores.items():
+            label = f"{name} (reported by the STAR paper, not reproduced here)"
+            rows.append([f"*{label}*" if markdown else label, r.source, f"{value:.2f}", *([""] * len(group.tasks))])
     return headers, rows
 
 

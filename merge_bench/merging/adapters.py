@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .delta import Delta, LowRank
 from ..io.files import resolve_dir
-from ..io.tensors import TensorStore, check_finite, load_bin, read_safetensors_header
+from ..io.tensors import TensorStore, check_mergeable, load_bin, read_safetensors_header
 from .numerics import COMPUTE_DTYPE
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class BaseModel:
         if key is None:
             raise ValueError(f"base model {self.path} has no parameter {name!r}")
         tensor = self.store.get(key)
-        check_finite(tensor, self.store.infos[key].file, key)
+        check_mergeable(tensor, self.store.infos[key].file, key)
         return tensor
 
 
@@ -197,7 +197,7 @@ class LoraAdapter:
             if tensor.ndim != 2:
                 raise ValueError(f"{self.weights_file}: {name} has shape {tuple(tensor.shape)}; only Linear "
                                  "(2-D) LoRA factors are supported")
-            check_finite(tensor, self.weights_file, name)
+            check_mergeable(tensor, self.weights_file, name)
             parts.setdefault(match["module"], {})[match["which"]] = tensor
         if len(adapter_names) > 1:
             raise ValueError(f"{self.weights_file}: holds several adapters {sorted(map(str, adapter_names))}; "
@@ -305,7 +305,7 @@ class FullCheckpoint:
 
     def delta(self, key: str) -> Tensor:
         tuned = self.store.get(key)
-        check_finite(tuned, self.store.infos[key].file, key)
+        check_mergeable(tuned, self.store.infos[key].file, key)
         return tuned.to(COMPUTE_DTYPE) - self.base.get(key).to(COMPUTE_DTYPE)
 
     def zero(self, shape: tuple[int, int]) -> Tensor:
