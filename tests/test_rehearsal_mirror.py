@@ -5,6 +5,7 @@ of the whole pipeline per backbone goes through."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,7 +42,7 @@ def tensors(directory, name: str) -> dict[str, torch.Tensor]:
         return {k: f.get_tensor(k) for k in f.keys()}
 
 
-def where(ref) -> "Path":
+def where(ref) -> Path:
     """An adapter's directory, through the registry's resolver (checked as its kind's loader reads it)."""
     return resolve(ref.id, ref.revision, kind=ref.kind)
 

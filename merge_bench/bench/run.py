@@ -21,7 +21,7 @@ from .. import __version__
 from ..backbones import Backbone, get_backbone, locate, resolve
 from ..io.files import cache_root, content_hash, dir_sha256, write_json_atomic
 from .cache import ResultCache
-from .plan import (DEFAULT_METHODS, PROTOCOL, Job, MethodRun, RunConfig, Runtime, build_jobs, last_throughput,
+from .plan import (DEFAULT_METHODS, PROTOCOL, Job, MethodRun, RunConfig, build_jobs, last_throughput,
                    pick_tasks, record_throughput, resolve_methods, resolve_runtime)
 from .provenance import git_commit, hardware, versions
 from .report import add_uncertainty, normalization, results_table
