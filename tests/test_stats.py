@@ -40,7 +40,7 @@ def test_point_estimate_matches_hand_computed_values():
     assert m1.draw_sd == pytest.approx(abs(250 / 3 - 800 / 9) / math.sqrt(2))
     assert m1.delta == pytest.approx(1550 / 18 - 625 / 18)
     assert (m1.rank, sa.rank, r.leader) == (1, 2, "m1")
-    assert r.tasks["s"].scores == pytest.approx({"lora": 90.0, "pretrained": 0.0, "m1": 100.0, "simple_avg": -100.0})
+    assert r.tasks["s@1"].scores == pytest.approx({"lora": 90.0, "pretrained": 0.0, "m1": 100.0, "simple_avg": -100.0})
     # the same numbers through the protocol's own normalized() on draw 1
     assert m1.per_draw[0] == pytest.approx(normalized({"a": 50.0, "b": 75.0}, {"a": 75.0, "b": 75.0}))
 
@@ -212,8 +212,8 @@ def test_same_seed_same_output_and_json_shape():
                        "p_delta_gt0", "rank", "rank_ci95", "tied_with_leader"}
     assert len(m1["normalized_ci95"]) == 2 and m1["normalized"] == round(1550 / 18, 4)
     assert a["pairs"][0].keys() == {"a", "b", "delta", "p", "p_holm", "significant"}
-    assert a["tasks"]["a"]["wilson95"]["lora"] == [round(v, 4) for v in wilson(3, 4)]
-    assert a["tasks"]["b"]["wilson95"] is None and a["pretrained"]["rank"] is None
+    assert a["tasks"]["a@0"]["wilson95"]["lora"] == [round(v, 4) for v in wilson(3, 4)]
+    assert a["tasks"]["b@0"]["wilson95"] is None and a["pretrained"]["rank"] is None
 
 
 POOL = ["t%d" % i for i in range(8)]
@@ -245,3 +245,20 @@ def test_task_sets_nested_and_all_subsets():
         task_sets(POOL[:6], [3], draws="all", seed=0)                  # C(6, 3) = 20
     with pytest.raises(ValueError):
         task_sets(POOL, [9], draws=2, seed=0)
+
+
+def test_a_task_shared_by_two_draws_keeps_its_references_and_its_own_merges():
+    # Task a is in both draws with the same pretrained and LoRA rows; each draw merged another set, so its
+    # method rows differ. The bootstrap pairs a's items across draws and scores each draw's own rows.
+    a2 = TaskItems("mean", TASK_A.pretrained, TASK_A.lora, {"m1": [1, 1, 1, 0], "simple_avg": [0, 0, 1, 0]})
+    draws = [Draw({"a": TASK_A, "b": TASK_B}), Draw({"a": a2, "s": TASK_S})]
+    plan = make_plan(draws, B=200, seed=3)
+    names, reps = replicate_scores(draws, plan)
+    for c, name in enumerate(names):
+        np.testing.assert_allclose(reps[:, c], plain_loop(draws, plan, name), rtol=1e-12, atol=1e-9)
+    r = bootstrap(draws, B=0)
+    assert r.methods["m1"].per_draw == pytest.approx([250 / 3, (100 + 100 * 100 / 90) / 2])
+    assert r.tasks["a@1"].scores["m1"] == 75.0 and r.tasks["a@0"].scores["m1"] == 50.0
+    other_lora = TaskItems("mean", TASK_A.pretrained, [1, 1, 0, 0], a2.methods)
+    with pytest.raises(ValueError, match="'a' appears in several draws"):
+        bootstrap([Draw({"a": TASK_A}), Draw({"a": other_lora})], B=0)

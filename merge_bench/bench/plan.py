@@ -26,6 +26,8 @@ PAPER = "paper"  # `--tasks paper`: the task set the STAR README reports for the
 class RunConfig:
     backbone: str = "tiny"
     n_tasks: int | None = None
+    sizes: list[int] | None = None  # a sweep (protocol v2 task draws): these set sizes ...
+    draws: int | str | None = None  # ... with this many draws each, or "all" subsets (sweep.py)
     tasks: list[str] | None = None  # names, or ["paper"]
     methods: list[str] | None = None  # names or "file.py:Class"; None = DEFAULT_METHODS; ["all"] = every one
     params: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -33,16 +33,20 @@ def add_uncertainty(record: dict, B: int = stats.DEFAULT_B) -> None:
     if record["normalization"]["undefined"] or not record["methods"]:
         record["stats"] = None
         return
-    items = record["per_item"]
-    draw = stats.Draw({t: stats.TaskItems("spearman" if info["metric"] == "spearman" else "mean",
-                                          items["pretrained"][t], items["lora"][t],
-                                          {k: items["methods"][k][t] for k in record["methods"]})
-                       for t, info in record["tasks"].items()})
-    result = stats.bootstrap([draw], B=B).to_dict()
+    result = stats.bootstrap([stats_draw(record)], B=B).to_dict()
     record["stats"] = result
     record["pretrained"]["normalized_ci95"] = result["pretrained"]["normalized_ci95"]
     for key, m in record["methods"].items():
         m["normalized_ci95"] = result["methods"][key]["normalized_ci95"]
+
+
+def stats_draw(record: dict) -> stats.Draw:
+    """One run record's per-item scores as a bootstrap draw."""
+    items = record["per_item"]
+    return stats.Draw({t: stats.TaskItems("spearman" if info["metric"] == "spearman" else "mean",
+                                          items["pretrained"][t], items["lora"][t],
+                                          {k: items["methods"][k][t] for k in record["methods"]})
+                       for t, info in record["tasks"].items()})
 
 
 def _ci(row: dict) -> str:

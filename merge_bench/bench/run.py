@@ -34,10 +34,16 @@ __all__ = ["DEFAULT_METHODS", "PROTOCOL", "RunConfig", "pick_tasks", "resolve_me
 class Prepared:
     """A run's inputs resolved and hashed, its tasks described, its jobs and cache keys known."""
 
-    def __init__(self, cfg: RunConfig, bb: Backbone, *, dry: bool = False) -> None:
+    def __init__(self, cfg: RunConfig, bb: Backbone, *, dry: bool = False, methods: list[MethodRun] | None = None,
+                 like: "Prepared | None" = None) -> None:
+        """``methods`` replaces those of ``cfg`` (a sweep's per-draw seeds); ``like``, a Prepared of the same
+        backbone and runtime over a superset of the tasks, lends its hashes and task descriptions."""
         self.cfg, self.bb = cfg, bb
         self.tasks = pick_tasks(bb, cfg.n_tasks, cfg.tasks, cfg.seed)
-        self.methods = resolve_methods(cfg.methods, cfg.params)
+        self.methods = methods if methods is not None else resolve_methods(cfg.methods, cfg.params)
+        if like is not None:
+            self._borrow(like)
+            return
         self.runtime = resolve_runtime(cfg.backend, cfg.device, cfg.dtype, bb)
         # A dry run downloads nothing: what is not local is "download" (None), its evaluations all to run.
         # A locally built base (tiny) is built, dry run included: its hash keys the cached results.
@@ -59,6 +65,14 @@ class Prepared:
         self.versions = versions()
         self.stack = {k: v for k, v in self.versions.items() if k in ("torch", "transformers", "peft", "lm_eval")
                       or (k == "vllm" and self.runtime.backend == "vllm")}
+        self.jobs = build_jobs(self.tasks, self.methods, self.adapter_sha)
+
+    def _borrow(self, like: "Prepared") -> None:
+        for name in ("runtime", "base_dir", "base_sha", "manager", "cache", "versions", "stack"):
+            setattr(self, name, getattr(like, name))
+        self.adapter_dirs = {t: like.adapter_dirs[t] for t in self.tasks}
+        self.adapter_sha = {t: like.adapter_sha[t] for t in self.tasks}
+        self.infos = {t: like.infos[t] for t in self.tasks}
         self.jobs = build_jobs(self.tasks, self.methods, self.adapter_sha)
 
     def key(self, variant: dict, task: str) -> dict:
@@ -128,7 +142,7 @@ def run_benchmark(cfg: RunConfig, *, backbone: Backbone | None = None, progress:
     print(prep.header(), file=sys.stderr)
     if prep.runtime.notice:
         print(f"note: {prep.runtime.notice}", file=sys.stderr)
-    _evaluate(prep, progress)
+    _evaluate([prep], progress)
     record = _record(prep)
     path = Path(cfg.out) / f"{bb.name}-{content_hash(prep.tasks)[:8]}-{record['created'].replace(':', '')}.json"
     write_json_atomic(path, record)
@@ -140,22 +154,31 @@ def run_benchmark(cfg: RunConfig, *, backbone: Backbone | None = None, progress:
     return record
 
 
-def _evaluate(prep: Prepared, progress: bool) -> None:
-    """Every pending (variant, task), each cached as soon as it is done."""
-    pending = prep.pending()
-    todo = sum(len(ts) for ts in pending.values())
-    evaluator, items, seconds = None, 0, 0.0
-    bar = tqdm(total=todo, desc="evaluating", unit="task", disable=not progress or todo == 0)
+def _evaluate(preps: list[Prepared], progress: bool) -> None:
+    """Every pending (variant, task) of the runs in ``preps`` (one backbone and runtime), each evaluated once
+    even where several task draws share it (their pretrained and LoRA rows), each cached as soon as it is done.
+    One evaluator, one progress bar."""
+    seen: set[str] = set()
+    todo: list[tuple[Prepared, Job, list[str]]] = []
+    for prep in preps:
+        pending = prep.pending()
+        for job in prep.jobs:
+            tasks = [t for t in pending[job.name] if content_hash(prep.key(job.variant, t)) not in seen]
+            seen.update(content_hash(prep.key(job.variant, t)) for t in tasks)
+            if tasks:
+                todo.append((prep, job, tasks))
     # Dense merges last: on vLLM each one replaces the base engine, which the low-rank variants share.
-    for job in sorted(prep.jobs, key=lambda j: j.method is not None and not j.method.lowrank):
-        if not pending[job.name]:
-            continue
+    todo.sort(key=lambda w: w[1].method is not None and not w[1].method.lowrank)
+    total = sum(len(ts) for _, _, ts in todo)
+    evaluator, items, seconds = None, 0, 0.0
+    bar = tqdm(total=total, desc="evaluating", unit="task", disable=not progress or total == 0)
+    for prep, job, tasks in todo:
         if evaluator is None:
             evaluator = _make_evaluator(prep)
-        bar.set_postfix_str(job.name)
+        bar.set_postfix_str(job.name if len(preps) == 1 else f"{job.name} on {','.join(prep.tasks)}")
         context, extra = _variant(prep, evaluator, job)
         with context:
-            for t in pending[job.name]:  # one task at a time: each finished task is cached at once
+            for t in tasks:  # one task at a time: each finished task is cached at once
                 start = time.perf_counter()
                 s = evaluator.evaluate([t])[t]
                 seconds += time.perf_counter() - start
@@ -165,7 +188,7 @@ def _evaluate(prep: Prepared, progress: bool) -> None:
                 bar.update(1)
     bar.close()
     if items and seconds > 0:
-        record_throughput(prep.bb, prep.runtime, items / seconds)
+        record_throughput(preps[0].bb, preps[0].runtime, items / seconds)
 
 
 def _variant(prep: Prepared, evaluator, job: Job):
@@ -201,7 +224,8 @@ def _record(prep: Prepared) -> dict[str, Any]:
         "versions": prep.versions,
         "hardware": hardware(prep.runtime.device),
         "config": {**{k: v for k, v in asdict(cfg).items()
-                      if k not in ("out", "n_tasks", "save_merged", "cache_dir", "verbose", "dtype")},
+                      if k not in ("out", "n_tasks", "sizes", "draws", "save_merged", "cache_dir", "verbose",
+                                   "dtype")},
                    "backbone": bb.name, "tasks": tasks, "methods": [m.spec for m in prep.methods],
                    "backend": prep.runtime.backend, "device": prep.runtime.device},
         "runtime": asdict(prep.runtime),

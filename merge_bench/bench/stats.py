@@ -2,7 +2,8 @@
 
 Input: per-item scores. A ``Draw`` maps task names to ``TaskItems`` (the pretrained row, the task's own LoRA
 row and every method's row on the same items). A task that appears in several draws must carry the same
-items, because the reference rows are shared across draws.
+items and the same reference rows (pretrained, LoRA), because those are shared across draws; its method rows
+differ from draw to draw (each draw merges another task set).
 
 One replicate: the outer level resamples the D draws with replacement (only when D > 1); the inner level
 resamples each task's items with replacement, with one index vector per task shared by every row and by every
@@ -70,8 +71,8 @@ class _Task:
 @dataclass(frozen=True)
 class _Data:
     methods: list[str]
-    tasks: dict[str, _Task]
-    draws: list[list[str]]
+    tasks: dict[str, _Task]           # each task's first occurrence: its size, kind and reference rows
+    draws: list[dict[str, _Task]]     # each draw's own tasks (method columns differ between draws)
 
 
 def _task(name: str, items: TaskItems, methods: list[str]) -> _Task:
@@ -102,14 +103,17 @@ def _prepare(draws: Sequence[Draw]) -> _Data:
     if not methods:
         raise ValueError("the bootstrap needs at least one method")
     tasks: dict[str, _Task] = {}
+    per_draw: list[dict[str, _Task]] = []
     for d in draws:
-        for name, items in d.tasks.items():
-            t = _task(name, items, methods)
+        mine = {name: _task(name, items, methods) for name, items in d.tasks.items()}
+        for name, t in mine.items():
             old = tasks.setdefault(name, t)
-            if old is not t and not (old.kind == t.kind and np.array_equal(old.X, t.X)
-                                     and (t.gold is None or np.array_equal(old.gold, t.gold))):
-                raise ValueError(f"task {name!r} appears in several draws with different items")
-    return _Data(methods, tasks, [list(d.tasks) for d in draws])
+            same = (old.kind == t.kind and old.X.shape == t.X.shape and np.array_equal(old.X[:, :2], t.X[:, :2])
+                    and (t.gold is None or np.array_equal(old.gold, t.gold)))
+            if not same:
+                raise ValueError(f"task {name!r} appears in several draws with different items or reference rows")
+        per_draw.append(mine)
+    return _Data(methods, tasks, per_draw)
 
 
 def make_plan(draws: Sequence[Draw], B: int = DEFAULT_B, seed: int = DEFAULT_SEED) -> ResamplePlan:
@@ -177,8 +181,8 @@ def _ratios(scores: np.ndarray) -> np.ndarray:
 
 def _per_draw(data: _Data, plan: ResamplePlan) -> np.ndarray:
     """(D, B, R-1): each draw's mean of ratios per replicate, columns pretrained, *methods."""
-    ratios = {t: _ratios(_task_scores(task, plan.inner[t])) for t, task in data.tasks.items()}
-    return np.stack([sum(ratios[t] for t in d) / len(d) for d in data.draws])
+    return np.stack([sum(_ratios(_task_scores(task, plan.inner[t])) for t, task in d.items()) / len(d)
+                     for d in data.draws])
 
 
 def _combine(per_draw: np.ndarray, outer: np.ndarray) -> np.ndarray:
@@ -296,8 +300,10 @@ def _min_ranks(scores: np.ndarray) -> np.ndarray:
 
 
 def _task_stats(data: _Data) -> dict[str, TaskStats]:
+    """Per task (one draw) or per task and draw, keyed ``task@d`` (several draws)."""
     out, cols = {}, ["lora", "pretrained", *data.methods]
-    for name, t in data.tasks.items():
+    several = len(data.draws) > 1
+    for name, t in ((f"{n}@{d}" if several else n, t) for d, tasks in enumerate(data.draws) for n, t in tasks.items()):
         n = len(t.X)
         scores = dict(zip(cols, _task_scores(t, np.arange(n)[None])[0].tolist()))
         binary = t.kind == "mean" and bool(np.isin(t.X, (0.0, 1.0)).all())
@@ -354,7 +360,7 @@ def bootstrap(draws: Sequence[Draw], B: int = DEFAULT_B, seed: int = DEFAULT_SEE
     """
     data = _prepare(draws)
     tasks = _task_stats(data)
-    bad = sorted(t for t, s in tasks.items() if s.scores["lora"] <= 0)
+    bad = sorted({t.split("@")[0] for t, s in tasks.items() if s.scores["lora"] <= 0})
     if bad:
         raise ValueError(f"LoRA score ≤ 0 on task(s) {bad}: the normalized score is undefined")
     if reference is not None and reference not in data.methods:

@@ -26,10 +26,12 @@ def add_run_options(p) -> None:
     """Options shared by run, submit and check."""
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="backbone name or alias (default: tiny)")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--n-tasks", type=int, help="draw this many of the backbone's tasks with --seed")
+    group.add_argument("--n-tasks", help="draw this many of the backbone's tasks with --seed; several sizes "
+                                         "(2,4,6) or --draws make a protocol-v2 sweep over task draws")
     group.add_argument("--tasks", help="comma-separated task names, or 'paper' for the STAR paper's set")
     p.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="override a method parameter; repeatable")
+    p.add_argument("--draws", help="task draws per size: a number, or 'all' subsets (at most 15 per size)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--backend", choices=["auto", "hf", "vllm"], default="auto",
                    help="auto (default): the backbone's declared backend when it can run here, else hf")
@@ -42,10 +44,30 @@ def add_run_options(p) -> None:
     p.add_argument("--out", type=Path, default=Path("runs"), help="where run records go (default: runs/)")
 
 
+def parse_sizes(n_tasks: str | None, draws: str | None) -> tuple[int | None, list[int] | None, int | str | None]:
+    """(n_tasks, sizes, draws): one size alone is a plain run; several sizes or --draws make a sweep."""
+    def number(text: str, what: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"{what} {text!r}: expected a whole number") from None
+
+    sizes = [number(t, "--n-tasks") for t in split_list(n_tasks) or []]
+    if draws is not None:
+        draws = draws if draws == "all" else number(draws, "--draws")
+    if draws is None and len(sizes) <= 1:
+        return (sizes[0] if sizes else None), None, None
+    if not sizes:
+        raise ValueError("--draws needs the set sizes: --n-tasks N or N1,N2,...")
+    return None, sizes, draws
+
+
 def config_from_args(args, methods: list[str] | None):
     from ..bench.run import RunConfig
 
-    return RunConfig(backbone=args.backbone, n_tasks=args.n_tasks, tasks=split_list(args.tasks), methods=methods,
+    n_tasks, sizes, draws = parse_sizes(args.n_tasks, args.draws)
+    return RunConfig(backbone=args.backbone, n_tasks=n_tasks, sizes=sizes, draws=draws, tasks=split_list(args.tasks),
+                     methods=methods,
                      params=parse_method_params(args.param), seed=args.seed, backend=args.backend,
                      device=args.device, dtype=args.dtype, limit=args.limit, out=args.out,
                      batch_size=args.batch_size, save_merged=getattr(args, "save_merged", False),
@@ -53,9 +75,14 @@ def config_from_args(args, methods: list[str] | None):
 
 
 def run(args) -> int:
+    cfg = config_from_args(args, split_list(args.methods))
+    if cfg.sizes is not None:
+        from ..bench.sweep import dry_run_sweep, run_sweep
+
+        dry_run_sweep(cfg) if args.dry_run else run_sweep(cfg)
+        return 0
     from ..bench.run import dry_run, run_benchmark
 
-    cfg = config_from_args(args, split_list(args.methods))
     dry_run(cfg) if args.dry_run else run_benchmark(cfg)
     return 0
 
