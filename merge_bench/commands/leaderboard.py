@@ -20,25 +20,39 @@ def run_build(args) -> int:
 
 
 def run_validate(args) -> int:
-    from ..leaderboard import validate_leaderboard
+    from ..leaderboard.build import validate_all
 
-    entries, problems = validate_leaderboard(_root(args))
+    entries, loaded, problems = validate_all(_root(args))
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
         print(f"leaderboard validate: {len(problems)} problem(s) in {_root(args)}", file=sys.stderr)
         return 1
-    print(f"leaderboard validate: {len(entries)} entries OK under {_root(args)}")
+    print(f"leaderboard validate: {len(loaded)} v2 and {len(entries)} v1 entries OK under {_root(args)}")
     return 0
 
 
 def run_show(args) -> int:
-    from ..leaderboard import show_text, validate_leaderboard
+    import json
 
-    entries, problems = validate_leaderboard(_root(args))
+    from ..leaderboard import show_text
+    from ..leaderboard.build import validate_all
+    from ..leaderboard.sweep_views import show_text_v2
+    from ..leaderboard.sweeps import group_stats, show_rows
+
+    entries, loaded, problems = validate_all(_root(args))
     if problems:
         print(f"warning: {len(problems)} problem(s); run `merge-bench leaderboard validate`", file=sys.stderr)
-    print(show_text(entries, backbone=args.backbone, task_set=args.task_set))
+    groups = [g for g in group_stats(loaded, backbone=args.backbone)
+              if args.track is None or g.track == args.track]
+    if args.json:
+        print(json.dumps(show_rows(groups), indent=2))
+        return 0
+    if groups:
+        print("Protocol v2 (mean over task draws, 95 % bootstrap CIs)\n\n" + show_text_v2(groups) + "\n")
+    if args.track in (None, "default"):
+        print("Protocol v1 (one task set each, point estimates)\n\n"
+              + show_text(entries, backbone=args.backbone, task_set=args.task_set))
     return 0
 
 
@@ -55,5 +69,8 @@ def register(sub) -> None:
         q.add_argument("--root", help="leaderboard directory (default: the repository's leaderboard/)")
         if name == "show":
             q.add_argument("--backbone", help="only this backbone")
-            q.add_argument("--task-set", help="only this task-set id (e.g. n3-1a2b3c4d)")
+            q.add_argument("--track", help="only this protocol-v2 track (default)")
+            q.add_argument("--task-set", help="only this v1 task-set id (e.g. n3-1a2b3c4d)")
+            q.add_argument("--json", action="store_true",
+                           help="print the protocol-v2 rows as JSON: one per (backbone, track, N, method)")
         q.set_defaults(func=func)

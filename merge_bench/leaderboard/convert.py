@@ -32,7 +32,7 @@ def plugin_file_info(spec: str) -> tuple[str, dict[str, Any]]:
     return cls.name, {"source": "file", "plugin_spec": spec, "plugin_sha256": sha256_file(path)}
 
 
-def _method_source(name: str, item: Mapping[str, Any], plugins: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+def method_source(name: str, item: Mapping[str, Any], plugins: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
     if name in plugins:
         return dict(plugins[name])
     plugin = item.get("plugin")
@@ -76,6 +76,29 @@ def _same_tasks(where: str, keys: Any, tasks: list[str]) -> None:
         raise ValueError(f"run record: {where} has tasks {got}, expected the run's task set {tasks}")
 
 
+def provenance_fields(record: Mapping[str, Any], tasks: list[str], adapters: Mapping[str, Any],
+                      task_info: Mapping[str, Any]) -> dict[str, Any]:
+    """An entry's ``provenance`` (without ``merged_sha256``) from a run or sweep record."""
+    missing = [t for t in tasks if t not in adapters or t not in task_info]
+    if missing:
+        raise ValueError(f"run record: no adapters/tasks provenance for task(s) {missing}")
+    backbone = _get(record, "backbone")
+    return {
+        "merge_bench": {k: _get(record, "merge_bench", k) for k in ("version", "git_commit")},
+        "versions": dict(_get(record, "versions")),
+        "hardware": dict(_get(record, "hardware")),
+        "backbone": {k: _get(backbone, k, where="run record backbone")
+                     for k in ("name", "base_id", "base_revision", "base_sha256")},
+        "adapters": {t: dict(adapters[t]) for t in tasks},
+        "tasks": {t: {k: v for k, v in task_info[t].items() if k in TaskInfo.model_fields} for t in tasks},
+        "backend": _get(record, "config", "backend"),
+        "device": _get(record, "config", "device"),
+        "seed": _get(record, "config", "seed"),
+        "batch_size": _get(record, "config").get("batch_size"),
+        "date": _get(record, "created"),
+    }
+
+
 def entries_from_record(
     record: Mapping[str, Any], plugins: Mapping[str, dict[str, Any]] | None = None
 ) -> list[Entry]:
@@ -101,26 +124,8 @@ def entries_from_record(
         raise ValueError(f"run record: config.tasks {sorted(config_tasks)} differ from the scored tasks {tasks}")
     _same_tasks("lora.scores", lora, tasks)
     pre_norm = _check_normalized("pretrained.normalized", _get(record, "pretrained", "normalized"), pretrained, lora)
-    adapters = _get(record, "adapters")
-    task_info = _get(record, "tasks")
-    missing = [t for t in tasks if t not in adapters or t not in task_info]
-    if missing:
-        raise ValueError(f"run record: no adapters/tasks provenance for task(s) {missing}")
+    provenance_base = provenance_fields(record, tasks, _get(record, "adapters"), _get(record, "tasks"))
     backbone = _get(record, "backbone")
-    provenance_base = {
-        "merge_bench": {k: _get(record, "merge_bench", k) for k in ("version", "git_commit")},
-        "versions": {k: v for k, v in _get(record, "versions").items()},
-        "hardware": {k: v for k, v in _get(record, "hardware").items()},
-        "backbone": {k: _get(backbone, k, where="run record backbone")
-                     for k in ("name", "base_id", "base_revision", "base_sha256")},
-        "adapters": {t: dict(adapters[t]) for t in tasks},
-        "tasks": {t: {k: v for k, v in task_info[t].items() if k in TaskInfo.model_fields} for t in tasks},
-        "backend": _get(record, "config", "backend"),
-        "device": _get(record, "config", "device"),
-        "seed": _get(record, "config", "seed"),
-        "batch_size": _get(record, "config").get("batch_size"),
-        "date": _get(record, "created"),
-    }
     shared = {
         "backbone": _get(backbone, "name", where="run record backbone"),
         "task_set": {"id": task_set_id(tasks), "tasks": tasks},
@@ -141,7 +146,7 @@ def entries_from_record(
         fields = {
             **shared,
             "method": {"name": name, "key": key, "params": dict(_get(item, "params", where=f"run record {where}")),
-                       **_method_source(name, item, plugins)},
+                       **method_source(name, item, plugins)},
             "scores": dict(scores),
             "normalized": norm,
             "provenance": {**provenance_base, "merged_sha256": item.get("merged_sha256")},

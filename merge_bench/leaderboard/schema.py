@@ -185,3 +185,111 @@ def json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = f"merge-bench leaderboard entry (schema_version {SCHEMA_VERSION})"
     return schema
+
+
+# ---- Protocol v2 (leaderboard/v2): one entry per (backbone, track, N, method) holding every task draw ----
+
+SCHEMA_VERSION_2 = 2
+LEADERBOARD_VERSION_2 = "v2"
+TRACKS = ("default",)
+
+
+class DrawInfo(_Strict):
+    """One task draw: its index d (a seeded method's seed), its tasks in the order they were merged."""
+
+    index: int = Field(ge=0)
+    tasks: list[str] = Field(min_length=1)
+
+
+class DrawSet(_Strict):
+    """The draws of one size N: ``n<N>-d<D>-<8 hex of the draws' sorted task lists>``."""
+
+    id: str = Field(pattern=r"^n[0-9]+-d[0-9]+-[0-9a-f]{8}$")
+    seed: int = Field(ge=0)             # the permutations' seed (``run --seed``)
+    requested: int | Literal["all"]     # ``--draws``
+    draws: list[DrawInfo] = Field(min_length=1)
+
+
+class DrawScores(_Strict):
+    index: int = Field(ge=0)
+    scores: dict[str, FiniteFloat]
+    normalized: FiniteFloat
+    merged_sha256: str | None = Field(default=None, pattern=_SHA256)
+
+
+class Aggregate(_Strict):
+    """The mean over draws of the normalized score, its bootstrap 95 % CI and the between-draw SD."""
+
+    normalized: FiniteFloat
+    ci95: tuple[FiniteFloat, FiniteFloat]
+    draw_sd: FiniteFloat | None
+    per_draw: list[FiniteFloat]
+
+
+class ItemsFile(_Strict):
+    """A per-item score file, relative to the entry's folder, pinned by its sha256."""
+
+    path: str
+    sha256: str = Sha256
+
+
+class Items(_Strict):
+    reference: ItemsFile  # pretrained and LoRA rows of every task of the draws (shared by the folder)
+    method: ItemsFile     # this method's rows, per draw and task
+
+
+class BootstrapInfo(_Strict):
+    B: int = Field(ge=0)
+    seed: int
+
+
+class ReferenceRow(_Strict):
+    scores: dict[str, FiniteFloat]          # every task of the draws
+
+
+class PretrainedRow(ReferenceRow):
+    result: Aggregate
+
+
+class EntryV2(_Strict):
+    schema_version: Literal[2] = SCHEMA_VERSION_2
+    leaderboard_version: Literal["v2"] = LEADERBOARD_VERSION_2
+    protocol_version: Literal[2] = 2
+    backbone: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    track: Literal["default"]
+    n_tasks: int = Field(ge=1)
+    draw_set: DrawSet
+    method: MethodInfo                  # params without ``seed`` for a seeded method: its seed is the draw index
+    data: Literal["none", "validation", "calibration"] = "none"
+    per_draw: list[DrawScores] = Field(min_length=1)
+    result: Aggregate
+    pretrained: PretrainedRow
+    lora: ReferenceRow
+    items: Items
+    bootstrap: BootstrapInfo
+    provenance: Provenance
+    entry_sha256: str = Sha256
+
+    def content(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        data.pop("entry_sha256")
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted({t for d in self.draw_set.draws for t in d.tasks})
+
+
+def seal_v2(fields: dict[str, Any]) -> EntryV2:
+    draft = EntryV2.model_validate({**fields, "entry_sha256": "0" * 64})
+    return draft.model_copy(update={"entry_sha256": content_sha256(draft.content())})
+
+
+def json_schema_v2() -> dict[str, Any]:
+    schema = EntryV2.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = f"merge-bench leaderboard entry (schema_version {SCHEMA_VERSION_2}, protocol v2)"
+    return schema

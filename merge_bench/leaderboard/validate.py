@@ -47,7 +47,8 @@ def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=0, abs_tol=NORMALIZED_TOLERANCE)
 
 
-def _method_problems(path: Path, entry: Entry, plugin_base: Path | None) -> list[Problem]:
+def _method_problems(path: Path, entry, plugin_base: Path | None, implied: tuple[str, ...] = ()) -> list[Problem]:
+    """``implied``: parameters an entry leaves out because the protocol sets them (v2: a seeded method's seed)."""
     method = entry.method
     out: list[Problem] = []
     if method.key != method.name and not (method.key.startswith(method.name + "[") and method.key.endswith("]")):
@@ -69,7 +70,7 @@ def _method_problems(path: Path, entry: Entry, plugin_base: Path | None) -> list
         return out
     declared = {p.name: p for p in cls.params}
     unknown = sorted(set(method.params) - set(declared))
-    missing = sorted(set(declared) - set(method.params))
+    missing = sorted(set(declared) - set(method.params) - set(implied))
     if unknown:
         out.append(Problem(path, "method.params",
                            f"{method.name!r} has no parameter(s) {unknown}; it has {sorted(declared)}"))
