@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -20,11 +19,15 @@ METHODS = ["simple_avg", "dare", "ties"]
 
 
 @pytest.fixture(scope="module")
-def sweep(micro_backbone, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("v2")
+def sweep_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("v2") / "cache"
+
+
+@pytest.fixture(scope="module")
+def sweep(micro_backbone, sweep_cache):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MERGE_BENCH_CACHE", str(tmp / "cache"))
-        cfg = RunConfig(backbone="micro", sizes=[2, 3], draws=2, methods=METHODS, out=tmp / "runs")
+        mp.setenv("MERGE_BENCH_CACHE", str(sweep_cache))
+        cfg = RunConfig(backbone="micro", sizes=[2, 3], draws=2, methods=METHODS, out=sweep_cache.parent / "runs")
         return run_sweep(cfg, backbone=micro_backbone, progress=False)
 
 
@@ -111,3 +114,52 @@ def test_build_writes_v2_tables_page_and_band_plot(board):
     assert (board / "entry.v2.schema.json").is_file()
     _, _, problems = validate_all(board)
     assert problems == []
+
+
+def test_a_one_method_submission_equals_its_row_of_the_full_sweep(micro_backbone, board, sweep_cache, monkeypatch,
+                                                                   tmp_path):
+    from merge_bench.leaderboard.submit import submit_sweep
+
+    monkeypatch.setenv("MERGE_BENCH_CACHE", str(sweep_cache))  # the sweep's evaluations, read back
+    results = submit_sweep("ties", "micro", root=board, sizes=[2, 3], draws=2, out=tmp_path / "runs",
+                           runner=lambda c: run_sweep(c, backbone=micro_backbone, progress=False))
+    assert [r.status for r in results] == ["unchanged", "unchanged"]  # its own CI does not depend on the others
+    with pytest.raises(ValueError, match="dare.seed: in a sweep"):
+        submit_sweep("dare", "micro", root=board, sizes=[2], draws=2, params={"seed": 1},
+                     runner=lambda c: run_sweep(c, backbone=micro_backbone, progress=False))
+
+
+def test_check_reruns_the_sweep_and_counts_changed_items(micro_backbone, board, tmp_path):
+    from merge_bench.leaderboard.check_v2 import run_check_v2
+
+    paths = sorted((board / "v2" / "micro" / "default").glob("n2-*/*.json"))
+    report = run_check_v2(paths, tolerance=0.5, out=tmp_path / "runs",
+                          runner=lambda c: run_sweep(c, backbone=micro_backbone, progress=False))
+    assert report.ok, report.render()
+    assert report.compared > 30 and any("4 of 4 per-item files hash as pinned (an exact reproduction)" in n
+                                        for n in report.notes)
+
+    task = sorted(json.loads(paths[-1].read_text())["per_draw"][0]["scores"])[0]   # a task of draw 0
+
+    def flipping(c):  # one answer of ties flips: its score and its items both move
+        record = run_sweep(c, backbone=micro_backbone, progress=False)
+        draw = record["sets"]["2"]["draws"][0]["record"]
+        items = draw["per_item"]["methods"]["ties"][task]
+        items[0] = 1.0 - items[0]
+        draw["methods"]["ties"]["scores"][task] = 100 * sum(items) / len(items)
+        return record
+
+    report = run_check_v2(paths, tolerance=0.5, out=tmp_path / "runs", runner=flipping)
+    assert {(d.row, d.field) for d in report.differences} == {("ties", f"d0 {task}"),
+                                                              ("ties", f"d0 {task} items changed (points)")}
+
+
+def test_flips_that_cancel_in_the_score_still_count_as_changed_items():
+    from merge_bench.leaderboard.check import CheckReport
+    from merge_bench.leaderboard.check_v2 import _items
+
+    report = CheckReport([], 0, [], 0.5)
+    _items(report, "x", "m", "d0 t", [1, 0, 1, 0], [0, 1, 1, 0], 0.5)   # same mean, two items moved: 50 points
+    _items(report, "x", "m", "d0 u", [1, 0, 1, 0], [1, 0, 1, 0], 0.5)
+    assert [(d.field, d.now) for d in report.differences] == [("d0 t items changed (points)", 50.0)]
+    assert report.compared == 2

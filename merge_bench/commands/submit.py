@@ -8,9 +8,29 @@ def run(args) -> int:
     from ..leaderboard import default_root, submit
     from ..leaderboard.submit import parse_params
 
+    from .run import parse_sizes
+
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    n_tasks, sizes, draws = parse_sizes(args.n_tasks, args.draws)
+    root = Path(args.root) if args.root else default_root()
+    if sizes is not None:
+        from ..leaderboard.submit import submit_sweep
+
+        if tasks:
+            raise ValueError("--tasks names one task set; a protocol-v2 submission takes --n-tasks and --draws")
+        for r in submit_sweep(args.method, args.backbone, root=root, sizes=sizes, draws=draws,
+                              params=parse_params(args.method, args.param), seed=args.seed, backend=args.backend,
+                              device=args.device, overwrite=args.overwrite, out=Path(args.out) if args.out else None,
+                              batch_size=args.batch_size):
+            e = r.entry
+            print(f"submit: {r.status} {r.path}\n  {e.method.key} on {e.backbone} · {e.track} · N = {e.n_tasks} "
+                  f"({len(e.draw_set.draws)} draws): Avg. Normalized {e.result.normalized:.2f} "
+                  f"[{e.result.ci95[0]:.2f}, {e.result.ci95[1]:.2f}]")
+        print("  next: merge-bench leaderboard validate && merge-bench leaderboard build, then commit the entries, "
+              "their items/ files and the regenerated files (see leaderboard/CONTRIBUTING.md)")
+        return 0
     result = submit(
-        args.method, args.backbone, root=Path(args.root) if args.root else default_root(), n_tasks=args.n_tasks,
+        args.method, args.backbone, root=root, n_tasks=n_tasks,
         tasks=tasks, params=parse_params(args.method, args.param), seed=args.seed, backend=args.backend,
         device=args.device, overwrite=args.overwrite, out=Path(args.out) if args.out else None,
         batch_size=args.batch_size,
@@ -29,9 +49,11 @@ def register(sub) -> None:
     p.add_argument("--method", required=True, help="a registered method name or path/to/file.py:Class")
     p.add_argument("--backbone", required=True)
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--n-tasks", type=int, help="merge K tasks drawn with the run's seed (default: all)")
+    group.add_argument("--n-tasks", help="merge K tasks drawn with the run's seed (default: all); several sizes "
+                                         "(2,4,6) or --draws make protocol-v2 entries (one per size)")
     group.add_argument("--tasks", help="comma-separated task names")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a method parameter (repeatable)")
+    p.add_argument("--draws", help="protocol v2: task draws per size, a number or 'all'")
     p.add_argument("--seed", type=int, default=42, help="protocol seed (default 42)")
     p.add_argument("--backend", default="auto", choices=("auto", "hf", "vllm"),
                    help="auto (default): the backbone's declared backend when it can run here, else hf")

@@ -111,3 +111,67 @@ def submit(
         status = "overwritten"
     write_entry(root, entry)
     return SubmitResult(entry, path, status)
+
+
+def _same_v2(a, b) -> bool:
+    def core(e) -> dict[str, Any]:
+        data = e.content()
+        for key in ("date", "hardware", "merge_bench"):
+            data["provenance"].pop(key)
+        return data
+    return core(a) == core(b)
+
+
+def write_sweep_entries(root: Path, record: Mapping[str, Any], *, method: str | None = None, overwrite: bool = False,
+                        plugins: Mapping[str, dict[str, Any]] | None = None) -> list[SubmitResult]:
+    """Write the v2 entries of a sweep record (every method, or only ``method``'s); all are checked before
+    any is written. An entry with other numbers at the same place is kept unless ``overwrite``."""
+    from .sweeps import EntryV2, check_entry_v2, entries_from_sweep, entry_path as v2_path, write_new
+
+    news = [n for n in entries_from_sweep(record, plugins=plugins) if method is None or n.entry.method.name == method]
+    if not news:
+        raise ValueError(f"the sweep produced no results for method {method!r}")
+    plan = []
+    for new in news:
+        path = v2_path(root, new.entry)
+        status = "written"
+        if path.exists():
+            old = EntryV2.model_validate_json(path.read_text(encoding="utf-8"))
+            if _same_v2(old, new.entry):
+                plan.append((new, path, "unchanged"))
+                continue
+            if not overwrite:
+                raise ValueError(f"{path} already holds a different result for {new.entry.method.key} "
+                                 f"(normalized {old.result.normalized:.4f}, now {new.entry.result.normalized:.4f}); "
+                                 "pass --overwrite to replace it. Nothing was written")
+            status = "overwritten"
+        plan.append((new, path, status))
+    results = []
+    for new, path, status in plan:
+        if status != "unchanged":
+            write_new(root, new)
+            _, problems = check_entry_v2(path, Path(root))
+            if problems:
+                raise ValueError("the new entry does not validate:\n  " + "\n  ".join(map(str, problems)))
+        results.append(SubmitResult(new.entry, path, status))
+    return results
+
+
+def submit_sweep(method: str, backbone: str, *, root: Path, sizes: list[int], draws: int | str = 1,
+                 params: Mapping[str, Any] | None = None, seed: int = 42, backend: str = "auto", device: str = "auto",
+                 overwrite: bool = False, runner: Runner | None = None, out: Path | None = None,
+                 batch_size: int | None = None) -> list[SubmitResult]:
+    """Protocol v2: run ``method`` on every draw of every size and write one entry per size."""
+    from ..bench.run import RunConfig
+
+    if runner is None:
+        from ..bench.sweep import run_sweep as runner  # noqa: N813
+    cls = get_method(method)
+    plugins = dict([plugin_file_info(method)]) if ".py:" in method else {}
+    kwargs: dict[str, Any] = dict(backbone=backbone, sizes=list(sizes), draws=draws, methods=[method],
+                                  params={cls.name: dict(params or {})} if params else {}, seed=seed,
+                                  backend=backend, device=device, batch_size=batch_size)
+    if out is not None:
+        kwargs["out"] = Path(out)
+    record = runner(RunConfig(**kwargs))
+    return write_sweep_entries(Path(root), record, method=cls.name, overwrite=overwrite, plugins=plugins)
