@@ -249,7 +249,7 @@ def test_validate_checks_method_params(board):
 
 def test_validate_cli_exit_codes(board, capsys):
     assert main(["leaderboard", "validate", "--root", str(board)]) == 0
-    assert "3 entries OK" in capsys.readouterr().out
+    assert "0 v2 and 3 v1 entries OK" in capsys.readouterr().out
     _edit(_file(board, "simple_avg"), lambda d: d.update(normalized=1.0))
     assert main(["leaderboard", "validate", "--root", str(board)]) == 1
     err = capsys.readouterr().err

@@ -47,12 +47,12 @@ def _expected_rows(tasks: list[str], methods) -> list[tuple[str, float, list[flo
 
 
 def parse_readme_tables(text: str) -> dict[str, tuple[list[str], list[list[str]]]]:
-    """``### title`` → (header cells, body rows) of the markdown table under it."""
+    """``#### title`` (a v1 table) → (header cells, body rows) of the markdown table under it."""
     tables, title = {}, None
-    for block in re.split(r"\n(?=#{2,3} )", text):
+    for block in re.split(r"\n(?=#{2,4} )", text):
         head = block.splitlines()[0]
-        if head.startswith("### "):
-            title = head[4:].strip()
+        if head.startswith("#### "):
+            title = head[5:].strip()
             lines = [line for line in block.splitlines() if line.startswith("|")]
             cells = [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in lines]
             tables[title] = (cells[0], cells[2:])

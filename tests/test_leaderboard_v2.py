@@ -163,3 +163,30 @@ def test_flips_that_cancel_in_the_score_still_count_as_changed_items():
     _items(report, "x", "m", "d0 u", [1, 0, 1, 0], [1, 0, 1, 0], 0.5)
     assert [(d.field, d.now) for d in report.differences] == [("d0 t items changed (points)", 50.0)]
     assert report.compared == 2
+
+
+def test_the_page_shades_the_methods_tied_for_first_in_chromium(board, tmp_path):
+    import re
+    import subprocess
+
+    import numpy as np
+    from matplotlib.image import imread
+    from test_leaderboard_build import _chromium, render
+
+    build_leaderboard(board)
+    page = board / "index.html"
+    dom = render(page, "", tmp_path)                                  # the page script still runs to the end
+    assert dom.ready
+    html = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                           f"--user-data-dir={tmp_path / 'p1'}", page.as_uri()], capture_output=True, text=True,
+                          timeout=120).stdout
+    loaded, _ = validate_v2(board)
+    tied = sum(len(g.stats["tie_group"]) for g in group_stats(loaded))
+    assert len(re.findall(r'<tr class="method tied"', html)) == tied > 0
+    shot = tmp_path / "page.png"
+    subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--user-data-dir={tmp_path / 'p2'}", "--window-size=1600,2400", f"--screenshot={shot}",
+                    page.as_uri()], capture_output=True, timeout=120, check=True)
+    pixels = (imread(shot)[..., :3] * 255).round()
+    shade = np.all(np.abs(pixels - np.array([0xE3, 0xF1, 0xE6])) <= 2, axis=-1)
+    assert shade.sum() > 1000, "no row is drawn with the tie shading"
