@@ -1,37 +1,41 @@
-"""Seed the leaderboard's embedded-backbone entries: run the protocol on several task-set sizes and
-write one validated entry per method, then rebuild the tables, page and plots.
+"""Seed the leaderboard's protocol-v2 entries for the embedded backbone: one sweep per size, every
+method, then rebuild the tables, page and plots.
 
-    .venv/bin/python scripts/seed_leaderboard.py --sizes 2:all 4:simple_avg,ties,star 6:...
+    .venv/bin/python scripts/seed_leaderboard.py --sizes 2 4 6 --draws 3
 
-Each size K draws K of the tiny tasks with seed 42 (as `merge-bench run --n-tasks K` does). Evaluation
-results are cached by content hash, so the pretrained and LoRA rows are computed once and an
-interrupted seeding resumes where it stopped.
+Each size runs as its own sweep (its draws are the first N tasks of seeded permutations of the pool,
+the same as in a combined `run --n-tasks 2,4,6`), and its entries are written as soon as it finishes,
+so a seeding cut short by the end of a session keeps what it finished. Evaluation results are cached
+by content hash: the pretrained and LoRA rows are computed once, and an interrupted size resumes where
+it stopped.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from merge_bench.bench.run import RunConfig
+from merge_bench.bench.sweep import run_sweep
 from merge_bench.leaderboard.build import build_leaderboard
-from merge_bench.leaderboard.convert import entries_from_record
-from merge_bench.leaderboard.store import default_root, write_entry
-from merge_bench.bench.run import RunConfig, run_benchmark
+from merge_bench.leaderboard.store import default_root
+from merge_bench.leaderboard.submit import write_sweep_entries
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", required=True, metavar="K:METHODS",
-                        help="task-set size and its methods ('all' or comma-separated)")
+    parser.add_argument("--sizes", nargs="+", type=int, required=True, metavar="N", help="task-set sizes, in order")
+    parser.add_argument("--draws", default="3", help="draws per size, or 'all'")
+    parser.add_argument("--methods", nargs="+", default=["all"])
     parser.add_argument("--backbone", default="tiny")
     parser.add_argument("--root", type=Path, default=default_root())
     parser.add_argument("--out", type=Path, default=Path("runs"))
     args = parser.parse_args()
-    for item in args.sizes:
-        k, _, methods = item.partition(":")
-        names = ["all"] if methods in ("", "all") else methods.split(",")
-        record = run_benchmark(RunConfig(backbone=args.backbone, n_tasks=int(k), methods=names, out=args.out))
-        for entry in entries_from_record(record):
-            print("wrote", write_entry(args.root, entry))
+    draws = args.draws if args.draws == "all" else int(args.draws)
+    for n in args.sizes:
+        record = run_sweep(RunConfig(backbone=args.backbone, sizes=[n], draws=draws, methods=args.methods,
+                                     out=args.out))
+        for result in write_sweep_entries(args.root, record):
+            print(result.status, result.path, flush=True)
     for path in build_leaderboard(args.root):
         print("built", path)
 

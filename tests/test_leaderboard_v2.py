@@ -95,6 +95,21 @@ def test_validation_recomputes_from_the_items_and_names_what_is_wrong(board):
     assert any("per-item file" in str(p) and "is missing" in str(p) for p in problems)
 
 
+def test_draws_must_be_the_ones_the_seed_gives(micro_backbone, board, monkeypatch):
+    import merge_bench.backbones as backbones
+    from merge_bench.leaderboard.schema import seal_v2
+
+    monkeypatch.setattr(backbones, "get_backbone", lambda name: micro_backbone)
+    assert validate_v2(board)[1] == []
+    path = next((board / "v2" / "micro" / "default").glob("n2-*")) / "ties.json"
+    fields = json.loads(path.read_text())
+    fields.pop("entry_sha256")
+    fields["draw_set"]["seed"] = 7           # hand-picked draws passed off as seed 7's: same id, same numbers
+    path.write_text(seal_v2(fields).to_json())
+    text = "\n".join(map(str, validate_v2(board)[1]))
+    assert "ties.json: draw_set.draws: are not the draws of seed 7" in text
+
+
 def test_a_stated_aggregate_is_checked_against_a_fresh_bootstrap(board):
     loaded, _ = validate_v2(board)
     one = loaded[0]

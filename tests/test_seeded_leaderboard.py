@@ -1,5 +1,6 @@
 """The committed leaderboard: its entries validate, its derived files are current, and its embedded-backbone
-entries meet the suite's acceptance bar (each adapter far above the base, merging clearly below them)."""
+entries meet the suite's acceptance bar (each adapter far above the base, merging clearly below them); the
+protocol-v2 seeding covers every method at N = 6 and several draws at N = 2 and 4 (issue 12)."""
 from __future__ import annotations
 
 import shutil
@@ -8,6 +9,7 @@ from collections import defaultdict
 import pytest
 
 from merge_bench.leaderboard import build_leaderboard, default_root, load_entries, validate_leaderboard
+from merge_bench.leaderboard.sweeps import group_stats, validate_v2
 from merge_bench.merging.methods import BUILTIN
 
 ROOT = default_root()
@@ -29,7 +31,7 @@ def test_derived_files_are_current(tmp_path):
     copy = tmp_path / "leaderboard"
     shutil.copytree(ROOT, copy)
     build_leaderboard(copy)
-    for name in ("README.md", "index.html", "entry.schema.json"):
+    for name in ("README.md", "index.html", "entry.schema.json", "entry.v2.schema.json"):
         assert (copy / name).read_text() == (ROOT / name).read_text(), f"{name} is stale: run merge-bench leaderboard build"
 
 
@@ -50,3 +52,36 @@ def test_suite_ranks_methods(tiny_entries):
     by_name = {e.method.name: e.normalized for e in full}
     assert by_name["simple_avg"] <= 90, "simple averaging should clearly lose to the adapters"
     assert max(by_name.values()) - min(by_name.values()) >= 5, "methods should not all score alike"
+
+
+@pytest.fixture(scope="module")
+def tiny_v2():
+    loaded, problems = validate_v2(ROOT)
+    assert problems == [], "\n".join(map(str, problems))
+    groups = [g for g in group_stats(loaded, backbone="tiny") if g.track == "default"]
+    assert groups, f"no tiny v2 entries under {ROOT}/v2: seed them with scripts/seed_leaderboard.py"
+    return {g.n_tasks: g for g in groups}
+
+
+def test_v2_seeding_covers_the_protocol(tiny_v2):
+    builtin = {cls.name for cls in BUILTIN}
+    assert 6 in tiny_v2 and len(tiny_v2[6].draw_set.draws) == 1
+    for n in (2, 4):
+        assert n in tiny_v2 and len(tiny_v2[n].draw_set.draws) >= 3, f"N = {n} needs at least 3 draws"
+    for n, g in tiny_v2.items():
+        names = {e.method.name for e in g.entries}
+        assert builtin <= names, f"N = {n}: missing {sorted(builtin - names)}"
+        draws = [tuple(d.tasks) for d in g.draw_set.draws]
+        assert len(set(draws)) == len(draws), f"N = {n}: repeated draws {draws}"
+
+
+def test_v2_intervals_are_real(tiny_v2):
+    for n, g in tiny_v2.items():
+        widths = []
+        for key, s in g.stats["methods"].items():
+            lo, hi = s["normalized_ci95"]
+            assert lo <= s["normalized"] <= hi, (n, key)
+            widths.append(hi - lo)
+        # a merge equal to its adapters on every item has a point interval; not every method is one
+        assert max(widths) > 1, f"N = {n}: intervals {widths}"
+        assert g.stats["tie_group"], f"N = {n}: no leader"

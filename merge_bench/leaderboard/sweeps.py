@@ -24,6 +24,7 @@ from typing import Any, Mapping
 from pydantic import ValidationError
 
 from ..bench import stats
+from ..bench.draws import task_sets
 from ..bench.report import stats_draw
 from ..bench.scores import normalized as normalized_score
 from ..io.files import atomic_write_text
@@ -224,6 +225,21 @@ def _numbers(loaded: Loaded) -> list:
     return problems
 
 
+def _seeded_draws(entry: EntryV2) -> list[list[str]] | None:
+    """The draws the entry's seed gives on its backbone's pool (None for a backbone not registered here)."""
+    from ..backbones import get_backbone
+
+    try:
+        pool = get_backbone(entry.backbone).pickable_tasks
+    except (KeyError, ValueError):
+        return None
+    try:
+        sets = task_sets(pool, [entry.n_tasks], entry.draw_set.requested, entry.draw_set.seed)[entry.n_tasks]
+    except ValueError:
+        return []
+    return [sorted(s) for s in sets]
+
+
 def check_entry_v2(path: Path, root: Path) -> tuple[Loaded | None, list]:
     from .validate import Problem, _method_problems, _schema_problems, load_raw
 
@@ -245,6 +261,9 @@ def check_entry_v2(path: Path, root: Path) -> tuple[Loaded | None, list]:
                                 f"{draw_set_id(entry.n_tasks, sets)})"))
     if any(len(s) != entry.n_tasks or len(set(s)) != len(s) for s in sets):
         problems.append(Problem(path, "draw_set.draws", f"every draw needs {entry.n_tasks} distinct tasks"))
+    elif (seeded := _seeded_draws(entry)) is not None and [sorted(s) for s in sets] != seeded:
+        problems.append(Problem(path, "draw_set.draws", f"are not the draws of seed {entry.draw_set.seed} "
+                                f"(--draws {entry.draw_set.requested}): expected {seeded}"))
     if [d.index for d in entry.per_draw] != [d.index for d in entry.draw_set.draws] or \
             any(sorted(r.scores) != sorted(d.tasks) for r, d in zip(entry.per_draw, entry.draw_set.draws)):
         problems.append(Problem(path, "per_draw", "must list each draw of draw_set, with scores on its tasks"))
