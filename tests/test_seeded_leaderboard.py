@@ -67,12 +67,11 @@ def test_v2_seeding_covers_the_protocol(tiny_v2):
     builtin = {cls.name for cls in BUILTIN}
     assert 6 in tiny_v2 and len(tiny_v2[6].draw_set.draws) == 1
     for n in (2, 4):
-        assert n in tiny_v2 and len(tiny_v2[n].draw_set.draws) >= 3, f"N = {n} needs at least 3 draws"
+        draws = {tuple(d.tasks) for d in tiny_v2[n].draw_set.draws} if n in tiny_v2 else set()
+        assert len(draws) >= 3, f"N = {n} needs at least 3 distinct draws, has {sorted(draws)}"
     for n, g in tiny_v2.items():
         names = {e.method.name for e in g.entries}
         assert builtin <= names, f"N = {n}: missing {sorted(builtin - names)}"
-        draws = [tuple(d.tasks) for d in g.draw_set.draws]
-        assert len(set(draws)) == len(draws), f"N = {n}: repeated draws {draws}"
 
 
 def test_v2_intervals_are_real(tiny_v2):
