@@ -14,7 +14,7 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from .base import MergeMethod, ModuleStream, Param
+from .base import MergeMethod, ModuleStream, Param, check_grid
 from .breadcrumbs import Breadcrumbs
 from .dare import Dare
 from .drm import DRM
@@ -43,6 +43,7 @@ def _check(cls: object, origin: str) -> type[MergeMethod]:
     for attr in ("name", "description"):
         if not isinstance(getattr(cls, attr, None), str):
             raise ValueError(f"{origin}: method class {cls.__name__} must set a string {attr!r}")
+    check_grid(cls, origin)
     return cls
 
 
