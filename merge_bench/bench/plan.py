@@ -19,6 +19,7 @@ from .provenance import merge_code_sha256
 PROTOCOL = "v1"
 # The default method set: the reference's methods plus the mean. `--methods all` runs every one.
 DEFAULT_METHODS = ("simple_avg", "task_arithmetic", "ties", "tall_masks", "metagpt", "star", "drm")
+TRACKS = ("default", "tuned")
 PAPER = "paper"  # `--tasks paper`: the task set the STAR README reports for the backbone
 
 
@@ -41,6 +42,7 @@ class RunConfig:
     batch_size: int | None = None
     cache_dir: Path | None = None  # result cache; None = $MERGE_BENCH_CACHE/results (check passes a fresh one)
     verbose: bool = False  # keep the libraries' own bars and notices
+    track: str = "default"  # "default": every method at its defaults; "tuned": the validation search (tune.py)
 
 
 @dataclass(frozen=True)
