@@ -85,10 +85,14 @@ def test_a_choice_equal_to_the_default_shares_the_default_tracks_scores(micro_ba
     assert default["methods"]["simple_avg"]["scores"] == record["methods"]["simple_avg"]["scores"]
 
 
-def test_a_tuned_sweep_searches_every_draw(micro_backbone, cache):
+@pytest.fixture(scope="module")
+def sweep(micro_backbone, cache):
     cfg = RunConfig(backbone="micro", sizes=[2], draws=2, methods=["simple_avg", "task_arithmetic"], track="tuned",
                     cache_dir=cache, out=cache.parent / "runs")
-    sweep = run_sweep(cfg, backbone=micro_backbone, progress=False)
+    return run_sweep(cfg, backbone=micro_backbone, progress=False)
+
+
+def test_a_tuned_sweep_searches_every_draw(sweep):
     assert sweep["config"]["track"] == "tuned"
     for draw in sweep["sets"]["2"]["draws"]:
         r = draw["record"]
@@ -99,3 +103,38 @@ def test_a_tuned_sweep_searches_every_draw(micro_backbone, cache):
 def test_an_unknown_track_is_refused(micro_backbone, cache):
     with pytest.raises(ValueError, match="unknown track 'best'; expected one of default, tuned"):
         run_benchmark(RunConfig(backbone="micro", track="best", cache_dir=cache), backbone=micro_backbone)
+
+
+def test_tuned_entries_carry_their_searches_and_validate(sweep, tmp_path, capsys):
+    import json
+
+    from merge_bench.cli import main
+    from merge_bench.leaderboard.schema import seal_v2
+    from merge_bench.leaderboard.sweeps import entries_from_sweep, validate_v2, write_new
+
+    root = tmp_path / "leaderboard"
+    news = entries_from_sweep(sweep)
+    for new in news:
+        write_new(root, new)
+    loaded, problems = validate_v2(root)
+    assert problems == [] and len(loaded) == 2
+    ta = next(x.entry for x in loaded if x.entry.method.name == "task_arithmetic")
+    assert ta.track == "tuned" and ta.data == "validation" and ta.method.params == {"lam": 0.4}
+    draws = sweep["sets"]["2"]["draws"]
+    assert [t.chosen for t in ta.tuning] == [d["record"]["tuning"]["task_arithmetic"]["chosen"] for d in draws]
+    assert "/tuned/" in str(loaded[0].path)
+    assert main(["leaderboard", "show", "--root", str(root), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    row = next(r for r in rows if r["method"] == "task_arithmetic")
+    assert row["track"] == "tuned" and row["tuning"]["chosen"] == [t.chosen for t in ta.tuning]
+    assert row["tuning"]["evaluations"] == [t.evaluations for t in ta.tuning] and len(row["tuning"]["path"]) == 2
+    assert main(["leaderboard", "show", "--root", str(root)]) == 0
+    assert "tuned: " in capsys.readouterr().out
+
+    path = next(x.path for x in loaded if x.entry.method.name == "task_arithmetic")
+    fields = json.loads(path.read_text())
+    fields.pop("entry_sha256")
+    fields["tuning"][0]["chosen"] = {"lam": 9.0}          # a choice the search did not make
+    path.write_text(seal_v2(fields).to_json())
+    assert "tuning[0].chosen: is not the first best configuration of the path" in "\n".join(
+        map(str, validate_v2(root)[1]))
