@@ -23,6 +23,7 @@ SPEC = {
     "tsv": [("alpha", ALPHA)], "iso_c": [("alpha", ALPHA)], "iso_cts": [("alpha", ALPHA)],
     "knots": [("alpha", (1.0, 0.4, 0.6, 0.8)), ("k", (20.0, 30.0, 40.0))],
     "drm": [("drop_rate", (0.8, 0.6, 0.7, 0.9)), ("coeff", (1.0, 0.8, 1.2))],
+    "regmean": [("a", (0.9, 0.5, 0.1, 0.3, 0.7, 1.0))],
     "simple_avg": [], "metagpt": [],
 }
 

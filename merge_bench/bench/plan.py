@@ -115,6 +115,7 @@ class MethodRun:
     config: dict[str, Any]
     code: str  # provenance.merge_code_sha256 of its class: part of the cache key of its scores
     lowrank: bool = False  # its class computes LoRA inputs' merges in factor space
+    data: str = "none"  # what it needs besides the adapters: "none" or "calibration" (RegMean's Grams)
 
 
 def resolve_methods(names: list[str] | None, params: dict[str, dict[str, Any]]) -> list[MethodRun]:
@@ -129,7 +130,7 @@ def resolve_methods(names: list[str] | None, params: dict[str, dict[str, Any]]) 
         config = cls(**overrides).config  # validates the params before any heavy work
         changed = {k: v for k, v in config.items() if k in overrides}
         key = cls.name + ("[" + ",".join(f"{k}={v}" for k, v in sorted(changed.items())) + "]" if changed else "")
-        runs.append(MethodRun(key, cls.name, spec, config, merge_code_sha256(cls), bool(cls.lowrank)))
+        runs.append(MethodRun(key, cls.name, spec, config, merge_code_sha256(cls), bool(cls.lowrank), cls.data))
     stray = sorted(set(params) - {r.name for r in runs} - set(names))
     if stray:
         raise ValueError(f"--param given for method(s) {stray} that are not being run")
@@ -146,12 +147,17 @@ class Job:
     method: MethodRun | None = None
 
 
-def build_jobs(tasks: list[str], methods: list[MethodRun], adapter_sha: dict[str, str]) -> list[Job]:
+def build_jobs(tasks: list[str], methods: list[MethodRun], adapter_sha: dict[str, str],
+               calibration_sha: dict[str, str] | None = None) -> list[Job]:
+    """The run's jobs. A merge that reads calibration data has the hashes of each task's prompts in its key."""
     merged_inputs = [{"task": t, "sha256": adapter_sha[t]} for t in tasks]
     jobs = [Job("pretrained", {"kind": "pretrained"}, tasks)]
     jobs += [Job(f"lora:{t}", {"kind": "lora", "adapter": adapter_sha[t]}, [t]) for t in tasks]
-    jobs += [Job(f"merged:{m.key}", {"kind": "merged", "method": m.name, "params": m.config, "inputs": merged_inputs,
-                                     "code": m.code}, tasks, m) for m in methods]
+    for m in methods:
+        variant = {"kind": "merged", "method": m.name, "params": m.config, "inputs": merged_inputs, "code": m.code}
+        if m.data == "calibration":
+            variant["calibration"] = {t: (calibration_sha or {}).get(t) for t in tasks}
+        jobs.append(Job(f"merged:{m.key}", variant, tasks, m))
     return jobs
 
 

@@ -8,7 +8,6 @@ evaluations always prints its table and writes its record, even where a normaliz
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +17,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..backbones import Backbone, get_backbone, locate, resolve
-from ..io.files import cache_root, content_hash, dir_sha256, write_json_atomic
+from ..io.files import cache_root, content_hash, dir_sha256, prompts_sha256, write_json_atomic
 from .cache import ResultCache
 from .plan import (DEFAULT_METHODS, PROTOCOL, TRACKS, Job, MethodRun, RunConfig, build_jobs, last_throughput,
                    pick_tasks, record_throughput, resolve_methods, resolve_runtime)
@@ -69,7 +68,14 @@ class Prepared:
         self.versions = versions()
         self.stack = {k: v for k, v in self.versions.items() if k in ("torch", "transformers", "peft", "lm_eval")
                       or (k == "vllm" and self.runtime.backend == "vllm")}
-        self.jobs = build_jobs(self.tasks, self.methods, self.adapter_sha)
+        self.calibration: dict[str, list[str]] = {}
+        if any(m.data == "calibration" for m in self.methods) and self.base_dir is not None:
+            self.calibration = calibration_prompts(bb, self.tasks, self.manager, self.base_dir)
+        self.jobs = self.make_jobs(self.methods)
+
+    def make_jobs(self, methods: list[MethodRun]) -> list[Job]:
+        return build_jobs(self.tasks, methods, self.adapter_sha,
+                          {t: prompts_sha256(p) for t, p in self.calibration.items()})
 
     def _borrow(self, like: "Prepared") -> None:
         for name in ("runtime", "base_dir", "base_sha", "manager", "cache", "versions", "stack"):
@@ -77,7 +83,8 @@ class Prepared:
         self.adapter_dirs = {t: like.adapter_dirs[t] for t in self.tasks}
         self.adapter_sha = {t: like.adapter_sha[t] for t in self.tasks}
         self.infos = {t: like.infos[t] for t in self.tasks}
-        self.jobs = build_jobs(self.tasks, self.methods, self.adapter_sha)
+        self.calibration = {t: like.calibration[t] for t in self.tasks if t in like.calibration}
+        self.jobs = self.make_jobs(self.methods)
 
     def key(self, variant: dict, task: str) -> dict:
         info, rt = self.infos[task], self.runtime
@@ -103,6 +110,16 @@ class Prepared:
     def header(self) -> str:
         return (f"backbone {self.bb.name}: {len(self.tasks)} task(s) {', '.join(self.tasks)} (seed {self.cfg.seed}); "
                 f"{self.runtime.describe()}")
+
+
+def calibration_prompts(bb: Backbone, tasks: list[str], manager, base_dir: Path) -> dict[str, list[str]]:
+    """Each task's calibration prompts (``evaluation.calibration``), for methods that merge with data."""
+    from transformers import AutoTokenizer
+
+    from ..evaluation.calibration import task_prompts
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir) if bb.chat_template else None
+    return {t: task_prompts(bb, t, manager, tokenizer) for t in tasks}
 
 
 def dry_run(cfg: RunConfig, *, backbone: Backbone | None = None) -> dict[str, Any]:
@@ -228,7 +245,7 @@ def _record(prep: Prepared) -> dict[str, Any]:
         m: MethodRun = job.method
         results = row(job)
         scores = {t: r["score"] for t, r in results.items()}
-        record["methods"][m.key] = {"method": m.name, "params": m.config, "scores": scores,
+        record["methods"][m.key] = {"method": m.name, "params": m.config, "data": m.data, "scores": scores,
                                     "normalized": normalized_or_none(scores, lora),
                                     "merged_sha256": results[tasks[0]].get("merged_sha256"),
                                     "merge_code_sha256": m.code}

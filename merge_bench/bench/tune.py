@@ -104,7 +104,6 @@ def tune(preps: list["Prepared"], progress: bool = True, evaluator=None):
     from ..evaluation.harness import describe_tasks
     from ..evaluation.tasks import VALIDATION_SUFFIX
     from ..merging.methods import get_method
-    from .plan import build_jobs
     from .scores import normalized_or_none
     from .variants import evaluate_job, make_evaluator
 
@@ -139,7 +138,7 @@ def tune(preps: list["Prepared"], progress: bool = True, evaluator=None):
         for m in prep.methods:
             def objective(config, m=m):
                 bar.set_postfix_str(f"{m.key} {config}" if len(preps) == 1 else f"{m.key} on {','.join(prep.tasks)}")
-                job = build_jobs(prep.tasks, [replace(m, config=config)], prep.adapter_sha)[-1]
+                job = prep.make_jobs([replace(m, config=config)])[-1]
                 return normalized_or_none(scores(prep, job, prep.tasks), lora_val)
 
             start = time.perf_counter()
@@ -148,7 +147,7 @@ def tune(preps: list["Prepared"], progress: bool = True, evaluator=None):
             bar.total -= len(prep.tasks) * (_budget_upper(grids[i, m.key], BUDGET) - search.evaluations)
             chosen.append(replace(m, config=search.chosen))
         prep.methods = chosen
-        prep.jobs = build_jobs(prep.tasks, chosen, prep.adapter_sha)
+        prep.jobs = prep.make_jobs(chosen)
     bar.close()
     return holder["ev"]
 

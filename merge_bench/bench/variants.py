@@ -68,8 +68,10 @@ def merge_variant(method, prep: "Prepared"):
     from ..merging.numerics import Numerics
 
     declared = sorted({t for task in prep.tasks for t in (prep.bb.adapters[task].targets or ())})
+    calibration = [prep.calibration[t] for t in prep.tasks] if method.data == "calibration" else None
     return merge(method.spec, [prep.adapter_dirs[t] for t in prep.tasks], params=method.config, base=prep.base_dir,
-                 targets=declared or None, numerics=Numerics.from_names(prep.runtime.device, "float32"))
+                 targets=declared or None, numerics=Numerics.from_names(prep.runtime.device, "float32"),
+                 calibration=calibration)
 
 
 def merged_sha256(result) -> str:

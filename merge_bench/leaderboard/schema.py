@@ -277,7 +277,7 @@ class EntryV2(_Strict):
     n_tasks: int = Field(ge=1)
     draw_set: DrawSet
     method: MethodInfo                  # params without ``seed`` for a seeded method: its seed is the draw index
-    data: Literal["none", "validation", "calibration"] = "none"
+    data: Literal["none", "validation", "calibration", "validation+calibration"] = "none"  # besides the adapters
     per_draw: list[DrawScores] = Field(min_length=1)
     result: Aggregate
     pretrained: PretrainedRow

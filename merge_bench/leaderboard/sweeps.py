@@ -25,7 +25,6 @@ from pydantic import ValidationError
 
 from ..bench import stats
 from ..bench.draws import task_sets
-from ..bench.report import stats_draw
 from ..bench.scores import normalized as normalized_score
 from ..io.files import atomic_write_text
 from .convert import _get, method_source, provenance_fields
@@ -130,8 +129,11 @@ def entries_from_sweep(record: Mapping[str, Any],
                 "bootstrap": {"B": st["B"], "seed": stats.DEFAULT_SEED},
                 "provenance": provenance,
             }
+            uses = item.get("data", "none")   # calibration data (RegMean's Grams), or none
+            fields["data"] = uses
             if tuning is not None:
-                fields["tuning"], fields["data"] = tuning, "validation"
+                fields["tuning"] = tuning
+                fields["data"] = "validation" if uses == "none" else f"validation+{uses}"
             try:
                 out.append(NewEntry(seal_v2(fields), items_text, reference_text))
             except ValueError as err:
@@ -242,7 +244,7 @@ def _tuning_problems(path: Path, entry: EntryV2) -> list:
         return [Problem(path, "tuning", "a default-track entry has no tuning")] if entry.tuning is not None else []
     if entry.tuning is None or [t.index for t in entry.tuning] != [d.index for d in entry.draw_set.draws]:
         return [Problem(path, "tuning", "a tuned entry holds one search per draw, in draw order")]
-    problems = [] if entry.data == "validation" else [Problem(path, "data", "a tuned entry uses validation data")]
+    problems = [] if entry.data.startswith("validation") else [Problem(path, "data", "a tuned entry uses validation data")]
     for i, t in enumerate(entry.tuning):
         where = f"tuning[{i}]"
         start = t.path[0].params

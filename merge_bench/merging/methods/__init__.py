@@ -22,6 +22,7 @@ from .iso_c import IsoC
 from .iso_cts import IsoCTS
 from .knots import Knots
 from .metagpt import MetaGPT
+from .regmean import RegMean
 from .simple_avg import SimpleAvg
 from .star import Star
 from .tall_masks import TallMasks
@@ -31,7 +32,7 @@ from .tsv import TSV
 
 BUILTIN: tuple[type[MergeMethod], ...] = (
     SimpleAvg, TaskArithmetic, Ties, TallMasks, Dare, Breadcrumbs,
-    MetaGPT, Star, DRM, Knots, TSV, IsoC, IsoCTS,
+    MetaGPT, Star, DRM, Knots, TSV, IsoC, IsoCTS, RegMean,
 )
 
 __all__ = ["MergeMethod", "ModuleStream", "Param", "available_methods", "get_method", "BUILTIN"]

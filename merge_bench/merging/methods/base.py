@@ -99,6 +99,12 @@ class MergeMethod:
     lowrank: ClassVar[bool] = False
     # The tuned track's coordinates, in search order; empty: every parameter with a grid, as declared.
     search: ClassVar[tuple[str, ...]] = ()
+    # What data the method needs besides the adapters: "none", or "calibration" (inputs' Grams, see
+    # merging/grams.py), which the engine hands over with ``use_calibration`` before any merge.
+    data: ClassVar[str] = "none"
+
+    def use_calibration(self, grams: Any) -> None:
+        raise ValueError(f"method {self.name!r} takes no calibration data")
 
     @classmethod
     def search_grid(cls, config: dict[str, Any] | None = None) -> list[tuple[str, tuple]]:
