@@ -12,8 +12,7 @@ from merge_bench.bench.run import RunConfig
 from merge_bench.bench.sweep import run_sweep
 from merge_bench.cli import main
 from merge_bench.leaderboard.build import build_leaderboard, validate_all
-from merge_bench.leaderboard.sweeps import (draws_of, entries_from_sweep, group_stats, show_rows, validate_v2,
-                                            write_new)
+from merge_bench.leaderboard.sweeps import draws_of, entries_from_sweep, group_stats, validate_v2, write_new
 
 METHODS = ["simple_avg", "dare", "ties"]
 

@@ -84,7 +84,7 @@ def _micro() -> Backbone:
     from ..io.files import cache_root
     from .micro import micro_backbone
 
-    return micro_backbone(cache_root() / "micro-v1")
+    return micro_backbone(cache_root() / "micro-v2")  # v2: with validation variants
 
 
 BUILDERS: dict[str, Callable[[], Backbone]] = {

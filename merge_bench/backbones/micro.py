@@ -175,6 +175,11 @@ def build_micro_suite(root: Path, base_dir: Path, n_test: int = 6) -> Backbone:
         rows = [{"id": j, "input": text, "output": answer} for j, text in enumerate(_inputs(short, n_test, 1))]
         data.write_text("".join(json.dumps(r) + "\n" for r in rows))
         (tasks_dir / f"micro_{short}.yaml").write_text(TASK_YAML.format(short=short, data=data))
+        # its validation variant (the tuned track): other inputs, the same answer
+        val = root / "data" / f"{short}_val.jsonl"
+        val.write_text("".join(json.dumps({"id": j, "input": text, "output": answer}) + "\n"
+                               for j, text in enumerate(_inputs(short, 4, 2))))
+        (tasks_dir / f"micro_{short}_val.yaml").write_text(TASK_YAML.format(short=f"{short}_val", data=val))
         train = [(text, answer) for text in _inputs(short, 8, 0)]
         adapters[short] = AdapterRef(str(train_micro_lora(base_dir, root / "adapters" / short, train, seed=i)))
     return Backbone("micro", "micro", "local/micro-llama", adapters, local_base=lambda: Path(base_dir),

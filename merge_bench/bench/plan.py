@@ -19,6 +19,7 @@ from .provenance import merge_code_sha256
 PROTOCOL = "v1"
 # The default method set: the reference's methods plus the mean. `--methods all` runs every one.
 DEFAULT_METHODS = ("simple_avg", "task_arithmetic", "ties", "tall_masks", "metagpt", "star", "drm")
+TRACKS = ("default", "tuned")
 PAPER = "paper"  # `--tasks paper`: the task set the STAR README reports for the backbone
 
 
@@ -41,6 +42,7 @@ class RunConfig:
     batch_size: int | None = None
     cache_dir: Path | None = None  # result cache; None = $MERGE_BENCH_CACHE/results (check passes a fresh one)
     verbose: bool = False  # keep the libraries' own bars and notices
+    track: str = "default"  # "default": every method at its defaults; "tuned": the validation search (tune.py)
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ class MethodRun:
     config: dict[str, Any]
     code: str  # provenance.merge_code_sha256 of its class: part of the cache key of its scores
     lowrank: bool = False  # its class computes LoRA inputs' merges in factor space
+    data: str = "none"  # what it needs besides the adapters: "none" or "calibration" (RegMean's Grams)
 
 
 def resolve_methods(names: list[str] | None, params: dict[str, dict[str, Any]]) -> list[MethodRun]:
@@ -127,7 +130,7 @@ def resolve_methods(names: list[str] | None, params: dict[str, dict[str, Any]]) 
         config = cls(**overrides).config  # validates the params before any heavy work
         changed = {k: v for k, v in config.items() if k in overrides}
         key = cls.name + ("[" + ",".join(f"{k}={v}" for k, v in sorted(changed.items())) + "]" if changed else "")
-        runs.append(MethodRun(key, cls.name, spec, config, merge_code_sha256(cls), bool(cls.lowrank)))
+        runs.append(MethodRun(key, cls.name, spec, config, merge_code_sha256(cls), bool(cls.lowrank), cls.data))
     stray = sorted(set(params) - {r.name for r in runs} - set(names))
     if stray:
         raise ValueError(f"--param given for method(s) {stray} that are not being run")
@@ -144,12 +147,17 @@ class Job:
     method: MethodRun | None = None
 
 
-def build_jobs(tasks: list[str], methods: list[MethodRun], adapter_sha: dict[str, str]) -> list[Job]:
+def build_jobs(tasks: list[str], methods: list[MethodRun], adapter_sha: dict[str, str],
+               calibration_sha: dict[str, str] | None = None) -> list[Job]:
+    """The run's jobs. A merge that reads calibration data has the hashes of each task's prompts in its key."""
     merged_inputs = [{"task": t, "sha256": adapter_sha[t]} for t in tasks]
     jobs = [Job("pretrained", {"kind": "pretrained"}, tasks)]
     jobs += [Job(f"lora:{t}", {"kind": "lora", "adapter": adapter_sha[t]}, [t]) for t in tasks]
-    jobs += [Job(f"merged:{m.key}", {"kind": "merged", "method": m.name, "params": m.config, "inputs": merged_inputs,
-                                     "code": m.code}, tasks, m) for m in methods]
+    for m in methods:
+        variant = {"kind": "merged", "method": m.name, "params": m.config, "inputs": merged_inputs, "code": m.code}
+        if m.data == "calibration":
+            variant["calibration"] = {t: (calibration_sha or {}).get(t) for t in tasks}
+        jobs.append(Job(f"merged:{m.key}", variant, tasks, m))
     return jobs
 
 

@@ -8,8 +8,6 @@ evaluations always prints its table and writes its record, even where a normaliz
 from __future__ import annotations
 
 import sys
-import time
-from contextlib import nullcontext
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,13 +17,15 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..backbones import Backbone, get_backbone, locate, resolve
-from ..io.files import cache_root, content_hash, dir_sha256, write_json_atomic
+from ..io.files import cache_root, content_hash, dir_sha256, prompts_sha256, write_json_atomic
 from .cache import ResultCache
-from .plan import (DEFAULT_METHODS, PROTOCOL, Job, MethodRun, RunConfig, build_jobs, last_throughput,
+from .plan import (DEFAULT_METHODS, PROTOCOL, TRACKS, Job, MethodRun, RunConfig, build_jobs, last_throughput,
                    pick_tasks, record_throughput, resolve_methods, resolve_runtime)
 from .provenance import git_commit, hardware, versions
 from .report import add_uncertainty, normalization, results_table
 from .scores import normalized_or_none
+from .tune import BUDGET as tune_budget, tune
+from .variants import evaluate_job, make_evaluator
 
 __all__ = ["DEFAULT_METHODS", "PROTOCOL", "RunConfig", "pick_tasks", "resolve_methods", "results_table",
            "run_benchmark", "dry_run"]
@@ -38,8 +38,11 @@ class Prepared:
                  like: "Prepared | None" = None) -> None:
         """``methods`` replaces those of ``cfg`` (a sweep's per-draw seeds); ``like``, a Prepared of the same
         backbone and runtime over a superset of the tasks, lends its hashes and task descriptions."""
+        if cfg.track not in TRACKS:
+            raise ValueError(f"unknown track {cfg.track!r}; expected one of {', '.join(TRACKS)}")
         self.cfg, self.bb = cfg, bb
         self.tasks = pick_tasks(bb, cfg.n_tasks, cfg.tasks, cfg.seed)
+        self.tuning: dict[str, dict] | None = None  # the tuned track's searches, by method key (tune.py)
         self.methods = methods if methods is not None else resolve_methods(cfg.methods, cfg.params)
         if like is not None:
             self._borrow(like)
@@ -65,7 +68,14 @@ class Prepared:
         self.versions = versions()
         self.stack = {k: v for k, v in self.versions.items() if k in ("torch", "transformers", "peft", "lm_eval")
                       or (k == "vllm" and self.runtime.backend == "vllm")}
-        self.jobs = build_jobs(self.tasks, self.methods, self.adapter_sha)
+        self.calibration: dict[str, list[str]] = {}
+        if any(m.data == "calibration" for m in self.methods) and self.base_dir is not None:
+            self.calibration = calibration_prompts(bb, self.tasks, self.manager, self.base_dir)
+        self.jobs = self.make_jobs(self.methods)
+
+    def make_jobs(self, methods: list[MethodRun]) -> list[Job]:
+        return build_jobs(self.tasks, methods, self.adapter_sha,
+                          {t: prompts_sha256(p) for t, p in self.calibration.items()})
 
     def _borrow(self, like: "Prepared") -> None:
         for name in ("runtime", "base_dir", "base_sha", "manager", "cache", "versions", "stack"):
@@ -73,7 +83,8 @@ class Prepared:
         self.adapter_dirs = {t: like.adapter_dirs[t] for t in self.tasks}
         self.adapter_sha = {t: like.adapter_sha[t] for t in self.tasks}
         self.infos = {t: like.infos[t] for t in self.tasks}
-        self.jobs = build_jobs(self.tasks, self.methods, self.adapter_sha)
+        self.calibration = {t: like.calibration[t] for t in self.tasks if t in like.calibration}
+        self.jobs = self.make_jobs(self.methods)
 
     def key(self, variant: dict, task: str) -> dict:
         info, rt = self.infos[task], self.runtime
@@ -99,6 +110,16 @@ class Prepared:
     def header(self) -> str:
         return (f"backbone {self.bb.name}: {len(self.tasks)} task(s) {', '.join(self.tasks)} (seed {self.cfg.seed}); "
                 f"{self.runtime.describe()}")
+
+
+def calibration_prompts(bb: Backbone, tasks: list[str], manager, base_dir: Path) -> dict[str, list[str]]:
+    """Each task's calibration prompts (``evaluation.calibration``), for methods that merge with data."""
+    from transformers import AutoTokenizer
+
+    from ..evaluation.calibration import task_prompts
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir) if bb.chat_template else None
+    return {t: task_prompts(bb, t, manager, tokenizer) for t in tasks}
 
 
 def dry_run(cfg: RunConfig, *, backbone: Backbone | None = None) -> dict[str, Any]:
@@ -128,6 +149,9 @@ def dry_run(cfg: RunConfig, *, backbone: Backbone | None = None) -> dict[str, An
     lines.append(f"base {bb.base_id}: {base_where}")
     lines += [f"adapter {t} ({a['kind']}) {a['id']}: {a['where']}" for t, a in plan["adapters"].items()]
     lines.append(f"evaluations: {total} ({total - todo} cached, {todo} to run, {items} items)")
+    if cfg.track == "tuned":
+        lines.append(f"tuned track: first each method's grid on the validation variants of the {len(prep.tasks)} "
+                     f"task(s), at most {tune_budget} merge-evaluations each (not in the counts above)")
     estimate = (f"about {plan['estimate_s'] / 60:.1f} min at {rate:g} items/s (this machine's last run)"
                 if rate else "unknown (no run of this backbone, backend and device on this machine yet)")
     lines.append(f"estimated time: {estimate}")
@@ -142,7 +166,7 @@ def run_benchmark(cfg: RunConfig, *, backbone: Backbone | None = None, progress:
     print(prep.header(), file=sys.stderr)
     if prep.runtime.notice:
         print(f"note: {prep.runtime.notice}", file=sys.stderr)
-    _evaluate([prep], progress)
+    _evaluate([prep], progress, evaluator=tune([prep], progress) if cfg.track == "tuned" else None)
     record = _record(prep)
     path = Path(cfg.out) / f"{bb.name}-{content_hash(prep.tasks)[:8]}-{record['created'].replace(':', '')}.json"
     write_json_atomic(path, record)
@@ -154,7 +178,7 @@ def run_benchmark(cfg: RunConfig, *, backbone: Backbone | None = None, progress:
     return record
 
 
-def _evaluate(preps: list[Prepared], progress: bool) -> None:
+def _evaluate(preps: list[Prepared], progress: bool, evaluator=None) -> None:
     """Every pending (variant, task) of the runs in ``preps`` (one backbone and runtime), each evaluated once
     even where several task draws share it (their pretrained and LoRA rows), each cached as soon as it is done.
     One evaluator, one progress bar."""
@@ -170,41 +194,17 @@ def _evaluate(preps: list[Prepared], progress: bool) -> None:
     # Dense merges last: on vLLM each one replaces the base engine, which the low-rank variants share.
     todo.sort(key=lambda w: w[1].method is not None and not w[1].method.lowrank)
     total = sum(len(ts) for _, _, ts in todo)
-    evaluator, items, seconds = None, 0, 0.0
+    items, seconds = 0, 0.0
     bar = tqdm(total=total, desc="evaluating", unit="task", disable=not progress or total == 0)
     for prep, job, tasks in todo:
         if evaluator is None:
-            evaluator = _make_evaluator(prep)
+            evaluator = make_evaluator(prep)
         bar.set_postfix_str(job.name if len(preps) == 1 else f"{job.name} on {','.join(prep.tasks)}")
-        context, extra = _variant(prep, evaluator, job)
-        with context:
-            for t in tasks:  # one task at a time: each finished task is cached at once
-                start = time.perf_counter()
-                s = evaluator.evaluate([t])[t]
-                seconds += time.perf_counter() - start
-                items += s.n
-                prep.cache.put(prep.key(job.variant, t), {"score": s.score, "metric": s.metric, "n": s.n,
-                                                          "per_item": s.per_item, **extra})
-                bar.update(1)
+        n, t = evaluate_job(prep, evaluator, job, tasks, on_task=lambda: bar.update(1))
+        items, seconds = items + n, seconds + t
     bar.close()
     if items and seconds > 0:
         record_throughput(preps[0].bb, preps[0].runtime, items / seconds)
-
-
-def _variant(prep: Prepared, evaluator, job: Job):
-    """The context that switches the evaluator to ``job``'s model, and what its results also record."""
-    kind = job.variant["kind"]
-    if kind == "pretrained":
-        return nullcontext(), {}
-    if kind == "lora":
-        ref = prep.bb.adapters[job.tasks[0]]
-        return evaluator.lora(prep.adapter_dirs[job.tasks[0]], kind=ref.kind, targets=ref.targets), {}
-    result = _merge(job.method, prep)
-    if prep.cfg.save_merged:
-        from ..merging.writers import write
-
-        write(result, Path(prep.cfg.out) / "merged" / job.method.key, overwrite=True)
-    return evaluator.merged(result), {"merged_sha256": merged_sha256(result)}
 
 
 def _record(prep: Prepared) -> dict[str, Any]:
@@ -245,50 +245,13 @@ def _record(prep: Prepared) -> dict[str, Any]:
         m: MethodRun = job.method
         results = row(job)
         scores = {t: r["score"] for t, r in results.items()}
-        record["methods"][m.key] = {"method": m.name, "params": m.config, "scores": scores,
+        record["methods"][m.key] = {"method": m.name, "params": m.config, "data": m.data, "scores": scores,
                                     "normalized": normalized_or_none(scores, lora),
                                     "merged_sha256": results[tasks[0]].get("merged_sha256"),
                                     "merge_code_sha256": m.code}
         record["per_item"]["methods"][m.key] = {t: r["per_item"] for t, r in results.items()}
+    if prep.tuning is not None:
+        record["tuning"] = prep.tuning
     add_uncertainty(record)
     record["record_sha256"] = content_hash(record)
     return record
-
-
-def _make_evaluator(prep: Prepared):
-    cfg, rt = prep.cfg, prep.runtime
-    common = dict(device=rt.device, dtype=rt.dtype, limit=cfg.limit, seed=cfg.seed, verbose=cfg.verbose)
-    if rt.backend == "vllm":
-        from ..evaluation.vllm_backend import VLLMEvaluator
-
-        return VLLMEvaluator(prep.bb, prep.base_dir, prep.manager, **common)
-    from ..evaluation.hf_backend import HFEvaluator
-
-    return HFEvaluator(prep.bb, prep.base_dir, prep.manager, batch_size=cfg.batch_size, **common)
-
-
-def _merge(method: MethodRun, prep: Prepared):
-    """The merge of the task set's inputs, its maths on the run's device. Full checkpoints contribute their
-    declared target matrices only (flan: q and v), as their LoRA row does."""
-    from ..merging.engine import merge
-    from ..merging.numerics import Numerics
-
-    declared = sorted({t for task in prep.tasks for t in (prep.bb.adapters[task].targets or ())})
-    return merge(method.spec, [prep.adapter_dirs[t] for t in prep.tasks], params=method.config, base=prep.base_dir,
-                 targets=declared or None, numerics=Numerics.from_names(prep.runtime.device, "float32"))
-
-
-def merged_sha256(result) -> str:
-    """A hash of the merged deltas themselves (factors for low-rank results), in float32."""
-    import hashlib
-
-    import torch
-
-    from ..merging.delta import LowRank
-
-    h = hashlib.sha256()
-    for key, delta in sorted(result.deltas.items()):
-        h.update(key.encode())
-        for t in (delta.B, delta.A) if isinstance(delta, LowRank) else (delta,):
-            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()

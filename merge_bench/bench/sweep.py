@@ -31,6 +31,7 @@ from .plan import MethodRun, RunConfig, last_throughput
 from .provenance import git_commit, hardware
 from .report import NA, stats_draw
 from .run import Prepared, _evaluate, _record
+from .tune import tune
 
 RECORD_VERSION = 2
 
@@ -115,7 +116,7 @@ def run_sweep(cfg: RunConfig, *, backbone: Backbone | None = None, progress: boo
     print(f"backbone {bb.name}: sweep {sizes} (seed {cfg.seed}); {preps[0].runtime.describe()}", file=sys.stderr)
     if preps[0].runtime.notice:
         print(f"note: {preps[0].runtime.notice}", file=sys.stderr)
-    _evaluate(preps, progress)
+    _evaluate(preps, progress, evaluator=tune(preps, progress) if cfg.track == "tuned" else None)
     record = sweep_record(cfg, bb, specs, [_record(p) for p in preps])
     path = Path(cfg.out) / f"{bb.name}-sweep-{content_hash([asdict(s) for s in specs])[:8]}-" \
                            f"{record['created'].replace(':', '')}.json"
@@ -135,7 +136,7 @@ def sweep_record(cfg: RunConfig, bb: Backbone, specs: list[DrawSpec], records: l
         "hardware": hardware(first["runtime"]["device"]),
         "runtime": first["runtime"],
         "config": {"backbone": bb.name, "sizes": list(cfg.sizes), "draws": cfg.draws if cfg.draws is not None else 1,
-                   "seed": cfg.seed, "methods": first["config"]["methods"], "params": cfg.params,
+                   "seed": cfg.seed, "track": cfg.track, "methods": first["config"]["methods"], "params": cfg.params,
                    "limit": cfg.limit, "batch_size": cfg.batch_size, "backend": first["config"]["backend"],
                    "device": first["config"]["device"]},
         "backbone": first["backbone"],

@@ -19,6 +19,39 @@ def parse_params(items: list[str] | None) -> dict[str, str]:
     return params
 
 
+def calibration_sets(specs: list[str], n_adapters: int, base: str | None) -> list[list[str]]:
+    """``--calibration``: one spec per adapter, in order, each ``BACKBONE:TASK`` (that task's training rows,
+    rendered as the backbone's prompts) or a JSONL file of prompts."""
+    from pathlib import Path
+
+    if len(specs) != n_adapters:
+        raise ValueError(f"--calibration: {len(specs)} spec(s) for {n_adapters} adapter(s); give one per adapter, "
+                         "in the same order (BACKBONE:TASK or prompts.jsonl)")
+    from ..evaluation.calibration import file_prompts
+
+    out = []
+    for spec in specs:
+        if spec.endswith(".jsonl") or Path(spec).is_file():
+            out.append(file_prompts(Path(spec)))
+            continue
+        backbone_name, sep, task = spec.partition(":")
+        if not sep or not task:
+            raise ValueError(f"--calibration {spec!r}: expected BACKBONE:TASK (e.g. tiny:nli) or a prompts .jsonl file")
+        from transformers import AutoTokenizer
+
+        from ..backbones import get_backbone
+        from ..evaluation.calibration import task_prompts
+        from ..evaluation.tasks import task_manager
+
+        bb = get_backbone(backbone_name)
+        if task not in bb.adapters:
+            raise ValueError(f"--calibration {spec!r}: backbone {bb.name} has no task {task!r} ({', '.join(bb.tasks)})")
+        base_dir = base or (bb.local_base() if bb.local_base else None)
+        tokenizer = AutoTokenizer.from_pretrained(base_dir) if bb.chat_template and base_dir else None
+        out.append(task_prompts(bb, task, task_manager(bb.task_dirs), tokenizer))
+    return out
+
+
 def run(args) -> int:
     from ..merging.api import merge
     from ..merging.methods import get_method
@@ -26,9 +59,10 @@ def run(args) -> int:
     params = parse_params(args.param)
     get_method(args.method)(**params)  # fail on an unknown method or parameter before reading any input
     start = time.perf_counter()
+    calibration = calibration_sets(args.calibration, len(args.adapters), args.base) if args.calibration else None
     result = merge(args.method, args.adapters, params=params, base=args.base, out=args.out, format=args.format,
                    device=args.device, dtype=args.dtype, overwrite=args.overwrite, targets=args.targets,
-                   progress=True, threads=args.threads)
+                   progress=True, threads=args.threads, calibration=calibration)
     report = result.output
     kind = f"low-rank, rank {report.rank}" if report.rank else ("low-rank" if result.is_lowrank else "dense")
     print(f"merged {len(result.inputs)} inputs with {result.method}: {len(result.shapes)} matrices ({kind}); "
@@ -58,4 +92,7 @@ def register(sub) -> None:
                         "merge of LoRAs the number of matrices merged at once")
     p.add_argument("--targets", nargs="+", metavar="MODULE",
                    help="module name suffixes to merge, e.g. q_proj v_proj or q,v (default: all targeted)")
+    p.add_argument("--calibration", nargs="+", metavar="SPEC",
+                   help="for methods that need data (regmean): one per adapter, in order, BACKBONE:TASK (its training "
+                        "rows as prompts, at most 256) or a JSONL file of prompts")
     p.set_defaults(func=run)

@@ -1,4 +1,4 @@
-"""``merge-bench methods``: list the registered merge methods with their parameters.
+"""``merge-bench methods``: list the registered merge methods with their parameters and search grids.
 
 Imports no torch: the method modules defer their maths imports (see ``merging.methods``).
 """
@@ -11,14 +11,15 @@ def method_rows() -> list[list[str]]:
     rows = []
     for name, cls in sorted(available_methods().items()):
         params = ", ".join(f"{p.name}={p.default!r}" + (f" {list(p.choices)}" if p.choices else "") for p in cls.params)
-        rows.append([name, "factor" if cls.lowrank else "dense", params or "-", cls.description])
+        grid = "; then ".join(f"{p}: {', '.join(map(str, values))}" for p, values in cls.search_grid()) or "-"
+        rows.append([name, "factor" if cls.lowrank else "dense", params or "-", grid, cls.description])
     return rows
 
 
 def run(args) -> int:
     from tabulate import tabulate
 
-    print(tabulate(method_rows(), headers=["method", "space", "parameters (defaults)", "description"]))
+    print(tabulate(method_rows(), headers=["method", "space", "parameters (defaults)", "tuned-track grid (in search order)", "description"]))
     return 0
 
 

@@ -71,7 +71,7 @@ def config_from_args(args, methods: list[str] | None):
                      params=parse_method_params(args.param), seed=args.seed, backend=args.backend,
                      device=args.device, dtype=args.dtype, limit=args.limit, out=args.out,
                      batch_size=args.batch_size, save_merged=getattr(args, "save_merged", False),
-                     verbose=args.verbose)
+                     verbose=args.verbose, track=getattr(args, "track", "default"))
 
 
 def run(args) -> int:
@@ -91,6 +91,9 @@ def register(sub) -> None:
     p = sub.add_parser("run", help="evaluate pretrained, LoRA and merged models; print normalized scores")
     add_run_options(p)
     p.add_argument("--methods", help="'all' or comma-separated method names (default: the reference set)")
+    p.add_argument("--track", choices=("default", "tuned"), default="default",
+                   help="default: every method at its defaults; tuned: each method's grid searched on the "
+                        "tasks' validation variants first (at most 8 merge-evaluations), then tested at its choice")
     p.add_argument("--save-merged", action="store_true", help="also write each merged model under OUT/merged/")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (tasks, methods, runtime, where each model resolves, evaluations cached "

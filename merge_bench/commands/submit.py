@@ -21,7 +21,7 @@ def run(args) -> int:
         for r in submit_sweep(args.method, args.backbone, root=root, sizes=sizes, draws=draws,
                               params=parse_params(args.method, args.param), seed=args.seed, backend=args.backend,
                               device=args.device, overwrite=args.overwrite, out=Path(args.out) if args.out else None,
-                              batch_size=args.batch_size):
+                              batch_size=args.batch_size, track=args.track):
             e = r.entry
             print(f"submit: {r.status} {r.path}\n  {e.method.key} on {e.backbone} · {e.track} · N = {e.n_tasks} "
                   f"({len(e.draw_set.draws)} draws): Avg. Normalized {e.result.normalized:.2f} "
@@ -29,6 +29,8 @@ def run(args) -> int:
         print("  next: merge-bench leaderboard validate && merge-bench leaderboard build, then commit the entries, "
               "their items/ files and the regenerated files (see leaderboard/CONTRIBUTING.md)")
         return 0
+    if args.track != "default":
+        raise ValueError("--track tuned makes protocol-v2 entries: give --n-tasks N1,N2 and --draws D")
     result = submit(
         args.method, args.backbone, root=root, n_tasks=n_tasks,
         tasks=tasks, params=parse_params(args.method, args.param), seed=args.seed, backend=args.backend,
@@ -54,6 +56,8 @@ def register(sub) -> None:
     group.add_argument("--tasks", help="comma-separated task names")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a method parameter (repeatable)")
     p.add_argument("--draws", help="protocol v2: task draws per size, a number or 'all'")
+    p.add_argument("--track", choices=("default", "tuned"), default="default",
+                   help="protocol v2 track: default parameters, or tuned on the validation variants first")
     p.add_argument("--seed", type=int, default=42, help="protocol seed (default 42)")
     p.add_argument("--backend", default="auto", choices=("auto", "hf", "vllm"),
                    help="auto (default): the backbone's declared backend when it can run here, else hf")

@@ -195,53 +195,91 @@ def build_docs(rows: Sequence[tuple[int, Row]], *, gold_field: str, id_field: st
     return docs
 
 
+def input_text(doc: Mapping[str, Any], *fields: str | None) -> str:
+    """A document's normalized input text: its string fields other than ``fields`` (gold, id, labels) and
+    the mb_* ones, in key order, each normalized; what a validation set must not share with the test."""
+    skip = {*MB_FIELDS, *(f for f in fields if f)}
+    return "\n".join(normalize(v) for k, v in sorted(doc.items()) if k not in skip and isinstance(v, str))
+
+
 def task_docs(*, path: str, split: str, gold_field: str, name: str | None = None, sample: str = "all",
               id_field: str | None = None, labels: Sequence[Any] | None = None, labels_field: str | None = None,
-              holdout: Mapping[str, Any] | None = None, revision: str | None = None) -> list[Row]:
-    """A task's sampled documents, in sample order."""
+              holdout: Mapping[str, Any] | None = None, revision: str | None = None,
+              disjoint_from: Mapping[str, Any] | None = None, task: str | None = None) -> list[Row]:
+    """A task's sampled documents, in sample order.
+
+    ``holdout: {test_size, seed, part}`` keeps the ``test`` part of the seeded split (default) or the
+    ``rest``. ``disjoint_from`` (a validation variant's test protocol: name, split, sample, holdout and
+    ``drop_overlap``) loads the test items with the same fields and labels; with ``drop_overlap`` rows whose
+    input text is a test item's leave the pool before sampling, and any overlap left is an error.
+    """
     where = f"{path} ({name or 'default'}, {split})"
     spec = SampleSpec.parse(sample)
     rows = load_split(path, name, split, revision)
     if holdout is not None:
-        unknown = sorted(set(holdout) - {"test_size", "seed"})
+        unknown = sorted(set(holdout) - {"test_size", "seed", "part"})
         if unknown:
-            raise ValueError(f"{where}: holdout keys {unknown} unknown; expected test_size and seed")
-        keep = holdout_indices(len(rows), float(holdout["test_size"]), int(holdout["seed"]))
+            raise ValueError(f"{where}: holdout keys {unknown} unknown; expected test_size, seed and part")
+        part = holdout.get("part", "test")
+        if part not in ("test", "rest"):
+            raise ValueError(f"{where}: holdout part {part!r}: expected 'test' or 'rest'")
+        held = holdout_indices(len(rows), float(holdout["test_size"]), int(holdout["seed"]))
+        keep = held if part == "test" else sorted(set(range(len(rows))) - set(held))
         pairs = [(i, rows[i]) for i in keep]
-        where += f" {holdout['test_size']:.0%} holdout seed {holdout['seed']}"
+        where += f" {holdout['test_size']:.0%} holdout seed {holdout['seed']}" + (" (the rest)" if part == "rest" else "")
     else:
         pairs = list(enumerate(rows))
     docs = build_docs(pairs, gold_field=gold_field, id_field=id_field, labels=labels,
                       labels_field=labels_field, where=where)
+    banned: set[str] = set()
+    if disjoint_from is not None:
+        test_kwargs = {k: v for k, v in disjoint_from.items() if k != "drop_overlap"}
+        unknown = sorted(set(test_kwargs) - {"name", "split", "sample", "holdout"})
+        if unknown:
+            raise ValueError(f"{where}: disjoint_from keys {unknown} unknown; expected name, split, sample, holdout")
+        test = task_docs(path=path, gold_field=gold_field, id_field=id_field, labels=labels,
+                         labels_field=labels_field, revision=revision, **{"name": name, **test_kwargs})
+        banned = {input_text(d, gold_field, id_field, labels_field) for d in test}
+        if disjoint_from.get("drop_overlap"):
+            before = len(docs)
+            docs = [d for d in docs if input_text(d, gold_field, id_field, labels_field) not in banned]
+            if len(docs) < before:
+                log.info("%s: left out %d rows whose input text is a test item's", where, before - len(docs))
     # The content key is the source row's (the fields build_docs added are left out).
     keys = [content_key({k: v for k, v in d.items() if k not in MB_FIELDS}) for d in docs]
     chosen = sample_indices(keys, spec, [d["mb_target"] for d in docs] if spec.kind == "bal" else None)
     if not chosen:
         raise ValueError(f"{where}: no document to evaluate (empty split, or no gold maps to a label)")
+    overlap = [docs[i]["mb_id"] for i in chosen if input_text(docs[i], gold_field, id_field, labels_field) in banned]
+    if overlap:
+        raise ValueError(f"task {task or path}: its validation set {where} shares {len(overlap)} input texts with "
+                         f"its test set (ids {overlap[:5]}); validation items must never be test items")
     return [docs[i] for i in chosen]
 
 
 def load_task_docs(*, path: str, split: str, gold_field: str, name: str | None = None, sample: str = "all",
                    id_field: str | None = None, labels_field: str | None = None,
                    holdout: Mapping[str, Any] | None = None, revision: str | None = None,
-                   labels: Sequence[Any] | None = None, **_metadata: Any):
+                   disjoint_from: Mapping[str, Any] | None = None, labels: Sequence[Any] | None = None,
+                   suite: str | None = None, short: str | None = None, **_metadata: Any):
     """lm-eval ``custom_dataset`` hook: ``dataset_kwargs`` and ``metadata`` arrive as keywords
-    (``labels`` is a metadata key; the other metadata, such as ``version``, is ignored here)."""
+    (``labels``, ``suite`` and ``short`` are metadata keys; the other metadata is ignored here)."""
     import datasets
 
     docs = task_docs(path=path, split=split, gold_field=gold_field, name=name, sample=sample, id_field=id_field,
-                     labels=labels, labels_field=labels_field, holdout=holdout, revision=revision)
+                     labels=labels, labels_field=labels_field, holdout=holdout, revision=revision,
+                     disjoint_from=disjoint_from, task=f"{suite}_{short}" if suite and short else None)
     return datasets.DatasetDict({TEST_SPLIT: datasets.Dataset.from_list(docs)})
 
 
 def export_mirror(suite: str | None, to_dir: Path, fetch: Fetch | None = None) -> list[Path]:
-    """Download every split the suite's tasks read (``suite`` None: all suites) into a mirror at
+    """Download every split the suite's tasks and their validation variants read (``suite`` None: all suites) into a mirror at
     ``to_dir``, in the hub's row order; embedded datasets are skipped. Returns the files written."""
     from .tasks import list_tasks
 
     fetch = fetch or hub_split
-    wanted = {(t.dataset, t.config, t.split): t.revision for t in list_tasks(suite)
-              if not t.dataset.startswith(EMBEDDED_PREFIX)}
+    tasks = [*list_tasks(suite), *list_tasks(suite, validation=True)]  # the tuned track reads the latter
+    wanted = {(t.dataset, t.config, t.split): t.revision for t in tasks if not t.dataset.startswith(EMBEDDED_PREFIX)}
     written = []
     for (dataset_path, name, split), revision in sorted(wanted.items(), key=lambda kv: str(kv[0])):
         target = mirror_file(Path(to_dir), dataset_path, name, split)

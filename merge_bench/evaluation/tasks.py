@@ -8,6 +8,9 @@ Task YAML conventions (every suite, the embedded ``tiny`` one included):
   (config; omit for none), ``split``, ``sample`` ("all", "rand k", "bal k", "bal all"),
   ``gold_field``, optional ``id_field``, ``labels_field``, ``holdout``, ``revision``
   (see ``merge_bench.data``); ``test_split: test``;
+- a validation variant ``<task>_val`` (tag ``merge_bench_validation``, see ``evaluation.validation``)
+  includes the test YAML and restates ``dataset_kwargs``; ``list_tasks`` leaves the variants out unless
+  asked, so they never enter a backbone's pool, a suite group or a mirror export by accident;
 - greedy ``generate_until`` with ``generation_kwargs.max_gen_toks``; exactly one metric.
 """
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import Any, Sequence
 from ..io.files import resource_dir
 
 TASKS_DIR_ENV = "MERGE_BENCH_TASKS_DIR"
+VALIDATION_TAG = "merge_bench_validation"  # evaluation.validation.TAG
+VALIDATION_SUFFIX = "_val"
 # Suites evaluated with plain-text prompts; every other suite goes through the chat template.
 PLAIN_TEXT_SUITES = frozenset({"flan"})
 
@@ -45,6 +50,7 @@ class TaskInfo:
     per_item_labels: bool  # labels come from each document (ReCoRD's entities)
     chat_template: bool
     yaml_path: Path
+    validation_of: str | None = None  # a validation variant: the test task it tunes for
 
 
 def tasks_dir() -> Path:
@@ -78,8 +84,11 @@ def _info(name: str, cfg: dict[str, Any], yaml_path: Path) -> TaskInfo:
         raise ValueError(f"{where}: expected exactly one metric in metric_list, got {len(metrics)}")
     suite = str(meta.get("suite") or name.split("_", 1)[0])
     short = str(meta.get("short") or name.split("_", 1)[-1])
-    if name != f"{suite}_{short}":
-        raise ValueError(f"{where}: the name must be <suite>_<short> = {suite}_{short}")
+    validation_of = f"{suite}_{short}" if _is_validation(cfg) else None
+    expected = f"{suite}_{short}" + (VALIDATION_SUFFIX if validation_of else "")
+    if name != expected:
+        raise ValueError(f"{where}: the name must be <suite>_<short>{VALIDATION_SUFFIX if validation_of else ''} "
+                         f"= {expected}")
     labels = meta.get("labels") or []
     holdout = kwargs.get("holdout")
     return TaskInfo(
@@ -91,19 +100,26 @@ def _info(name: str, cfg: dict[str, Any], yaml_path: Path) -> TaskInfo:
         version=str(meta["version"]), has_adapter=bool(meta.get("has_adapter", True)),
         labels=tuple(e if isinstance(e, str) else e[0] for e in labels),
         per_item_labels="labels_field" in kwargs, chat_template=suite not in PLAIN_TEXT_SUITES,
-        yaml_path=Path(yaml_path),
+        yaml_path=Path(yaml_path), validation_of=validation_of,
     )
 
 
-def list_tasks(suite: str | None = None, manager=None) -> list[TaskInfo]:
-    """Every task (of one suite, if given), sorted by name. Unknown suite: ValueError."""
+def _is_validation(cfg: dict[str, Any]) -> bool:
+    tags = cfg.get("tag") or []
+    return VALIDATION_TAG in ([tags] if isinstance(tags, str) else tags)
+
+
+def list_tasks(suite: str | None = None, manager=None, *, validation: bool = False) -> list[TaskInfo]:
+    """Every test task (of one suite, if given), sorted by name; ``validation``: their validation variants
+    instead. Unknown suite: ValueError."""
     manager = manager or task_manager()
     infos = []
     for name, entry in manager.task_index.items():
         cfg = entry.cfg or {}
         if entry.yaml_path is None or not isinstance(cfg.get("task"), str) or "group" in cfg or "class" in cfg:
             continue
-        infos.append(_info(name, cfg, entry.yaml_path))
+        if _is_validation(cfg) == validation:
+            infos.append(_info(name, cfg, entry.yaml_path))
     known = sorted({i.suite for i in infos})
     if suite is not None and suite not in known:
         raise ValueError(f"unknown suite {suite!r}; the task folder {tasks_dir()} has suites {known}")
@@ -115,6 +131,15 @@ def get_task(name: str, manager=None) -> TaskInfo:
     if name not in tasks:
         raise ValueError(f"unknown task {name!r}; known tasks: {sorted(tasks)}")
     return tasks[name]
+
+
+def validation_task(name: str, manager=None) -> TaskInfo:
+    """The validation variant of test task ``name``."""
+    variants = {t.validation_of: t for t in list_tasks(manager=manager, validation=True)}
+    if name not in variants:
+        raise ValueError(f"task {name!r} has no validation variant ({name}{VALIDATION_SUFFIX}); regenerate them "
+                         "with scripts/make_validation_tasks.py")
+    return variants[name]
 
 
 def suite_group(suite: str) -> str:

@@ -16,7 +16,7 @@ import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
@@ -138,6 +138,11 @@ def resource_dir(name: str) -> Path:
 def cache_root() -> Path:
     """``$MERGE_BENCH_CACHE``, default ``~/.cache/merge-bench``: converted models, results, micro builds."""
     return Path(os.environ.get("MERGE_BENCH_CACHE", Path.home() / ".cache" / "merge-bench"))
+
+
+def prompts_sha256(prompts: Sequence[str]) -> str:
+    """sha256 of a list of texts (calibration prompts), NUL-separated, in order."""
+    return hashlib.sha256("\x00".join(prompts).encode("utf-8")).hexdigest()
 
 
 def content_hash(obj: Any) -> str:

@@ -70,7 +70,7 @@ def run_check_v2(paths: list[Path], *, tolerance: float, runner: Runner | None =
                          for m in members],
                 params={m.entry.method.name: key_overrides(m.entry.method.key, m.entry.method.params) for m in members},
                 backend=p.backend, device=device or p.device, limit=None, batch_size=batch_size or p.batch_size,
-                cache_dir=Path(fresh))
+                cache_dir=Path(fresh), track=e0.track)
             if out is not None:
                 cfg["out"] = Path(out)
             record = runner(RunConfig(**cfg))
@@ -111,6 +111,10 @@ def _compare(report: CheckReport, label: str, members: list[Loaded], record: dic
         key, e = m.entry.method.key, m.entry
         new = fresh.get(key)
         cmp(key, "normalized (mean over draws)", e.result.normalized, new.entry.result.normalized if new else None)
+        for t, t_now in zip(e.tuning or [], (new.entry.tuning or []) if new else []):
+            cmp(key, f"d{t.index} validation score of the choice", t.validation_score, t_now.validation_score)
+            if t.chosen != t_now.chosen:
+                report.notes.append(f"{label}: {key} d{t.index} chose {t_now.chosen}, the entry {t.chosen}")
         items_now = json.loads(new.method_items)["draws"] if new else None
         for d, row in enumerate(e.per_draw):
             got = new.entry.per_draw[d] if new else None

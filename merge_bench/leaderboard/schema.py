@@ -217,6 +217,23 @@ class DrawScores(_Strict):
     merged_sha256: str | None = Field(default=None, pattern=_SHA256)
 
 
+class TuningStep(_Strict):
+    params: dict[str, Any]
+    validation_score: FiniteFloat
+
+
+class Tuning(_Strict):
+    """The tuned track's search on one draw (``bench/tune.py``): every tried config, in order, and the choice."""
+
+    index: int = Field(ge=0)
+    chosen: dict[str, Any]
+    evaluations: int = Field(ge=1)
+    budget: int = Field(ge=1)
+    validation_score: FiniteFloat
+    path: list[TuningStep] = Field(min_length=1)
+    seconds: float = Field(ge=0)
+
+
 class Aggregate(_Strict):
     """The mean over draws of the normalized score, its bootstrap 95 % CI and the between-draw SD."""
 
@@ -256,11 +273,11 @@ class EntryV2(_Strict):
     leaderboard_version: Literal["v2"] = LEADERBOARD_VERSION_2
     protocol_version: Literal[2] = 2
     backbone: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    track: Literal["default"]
+    track: Literal["default", "tuned"]
     n_tasks: int = Field(ge=1)
     draw_set: DrawSet
     method: MethodInfo                  # params without ``seed`` for a seeded method: its seed is the draw index
-    data: Literal["none", "validation", "calibration"] = "none"
+    data: Literal["none", "validation", "calibration", "validation+calibration"] = "none"  # besides the adapters
     per_draw: list[DrawScores] = Field(min_length=1)
     result: Aggregate
     pretrained: PretrainedRow
@@ -268,15 +285,22 @@ class EntryV2(_Strict):
     items: Items
     bootstrap: BootstrapInfo
     provenance: Provenance
+    tuning: list[Tuning] | None = None  # track "tuned": the search of each draw, in draw order
     entry_sha256: str = Sha256
 
-    def content(self) -> dict[str, Any]:
+    def _dump(self) -> dict[str, Any]:
         data = self.model_dump(mode="json")
+        if data["tuning"] is None:  # a default-track entry has no such key (and hashes as before it existed)
+            data.pop("tuning")
+        return data
+
+    def content(self) -> dict[str, Any]:
+        data = self._dump()
         data.pop("entry_sha256")
         return data
 
     def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        return json.dumps(self._dump(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
     @property
     def tasks(self) -> list[str]:

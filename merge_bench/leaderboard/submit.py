@@ -160,8 +160,8 @@ def write_sweep_entries(root: Path, record: Mapping[str, Any], *, method: str | 
 def submit_sweep(method: str, backbone: str, *, root: Path, sizes: list[int], draws: int | str = 1,
                  params: Mapping[str, Any] | None = None, seed: int = 42, backend: str = "auto", device: str = "auto",
                  overwrite: bool = False, runner: Runner | None = None, out: Path | None = None,
-                 batch_size: int | None = None) -> list[SubmitResult]:
-    """Protocol v2: run ``method`` on every draw of every size and write one entry per size."""
+                 batch_size: int | None = None, track: str = "default") -> list[SubmitResult]:
+    """Protocol v2: run ``method`` on every draw of every size (on ``track``) and write one entry per size."""
     from ..bench.run import RunConfig
 
     if runner is None:
@@ -170,7 +170,7 @@ def submit_sweep(method: str, backbone: str, *, root: Path, sizes: list[int], dr
     plugins = dict([plugin_file_info(method)]) if ".py:" in method else {}
     kwargs: dict[str, Any] = dict(backbone=backbone, sizes=list(sizes), draws=draws, methods=[method],
                                   params={cls.name: dict(params or {})} if params else {}, seed=seed,
-                                  backend=backend, device=device, batch_size=batch_size)
+                                  backend=backend, device=device, batch_size=batch_size, track=track)
     if out is not None:
         kwargs["out"] = Path(out)
     record = runner(RunConfig(**kwargs))

@@ -10,7 +10,7 @@ from tabulate import tabulate
 from .sweeps import GroupV2, finding
 from .tables import format_params
 
-HEADERS = ["Method", "Parameters", "Avg. Normalized", "95 % CI", "per draw", "Δ vs simple_avg", "Δ 95 % CI",
+HEADERS = ["Method", "Parameters", "Data", "Avg. Normalized", "95 % CI", "per draw", "Δ vs simple_avg", "Δ 95 % CI",
            "P(Δ>0)", "rank", "rank 95 %", "tied 1st"]
 
 
@@ -23,29 +23,39 @@ def rows(g: GroupV2) -> list[dict[str, Any]]:
     out = []
     for e in sorted(g.entries, key=lambda x: (-g.stats["methods"][x.method.key]["normalized"], x.method.key)):
         s = g.stats["methods"][e.method.key]
-        out.append({"label": e.method.key, "kind": "method", "params": format_params(e.method.params),
+        out.append({"label": e.method.key, "kind": "method", "params": _params(e), "data": e.data,
                     "normalized": s["normalized"], "ci": _iv(s["normalized_ci95"]),
                     "per_draw": ", ".join(f"{v:.2f}" for v in s["per_draw"]),
                     "delta": "" if s["delta"] is None else f"{s['delta']:+.2f}", "delta_ci": _iv(s["delta_ci95"]),
                     "p": "" if s["p_delta_gt0"] is None else f"{s['p_delta_gt0']:.2f}", "rank": str(s["rank"]),
                     "rank_ci": _iv(s["rank_ci95"], "d"), "tied": bool(s["tied_with_leader"])})
     p = g.stats["pretrained"]
-    out.append({"label": "Pretrained", "kind": "pretrained", "params": "-", "normalized": p["normalized"],
+    out.append({"label": "Pretrained", "kind": "pretrained", "params": "-", "data": "-", "normalized": p["normalized"],
                 "ci": _iv(p["normalized_ci95"]), "per_draw": ", ".join(f"{v:.2f}" for v in p["per_draw"]),
                 "delta": "", "delta_ci": "", "p": "", "rank": "", "rank_ci": "", "tied": False})
     return out
 
 
+def _params(e) -> str:
+    """The parameters a row ran at: the entry's, or on the tuned track what each draw's search chose."""
+    if e.tuning is None:
+        return format_params(e.method.params)
+    chosen = [format_params({k: v for k, v in t.chosen.items() if k != "seed"}) for t in e.tuning]
+    if len(set(chosen)) == 1:
+        return f"tuned: {chosen[0]} ({sum(t.evaluations for t in e.tuning)} val. evals)"
+    return "tuned: " + "; ".join(f"d{t.index}: {c}" for t, c in zip(e.tuning, chosen))
+
+
 def _cells(r: dict[str, Any], markdown: bool) -> list[str]:
     label = (f"`{r['label']}`" if r["kind"] == "method" else f"*{r['label']}*") if markdown else r["label"]
     params = r["params"].replace("|", "\\|") if markdown else r["params"]
-    return [label, params, f"{r['normalized']:.2f}", r["ci"], r["per_draw"], r["delta"], r["delta_ci"], r["p"],
+    return [label, params, r["data"], f"{r['normalized']:.2f}", r["ci"], r["per_draw"], r["delta"], r["delta_ci"], r["p"],
             r["rank"], r["rank_ci"], "=" if r["tied"] else ""]
 
 
 def render(g: GroupV2, tablefmt: str = "simple") -> str:
     md = tablefmt == "github"
-    align = ("left", "left") + ("right",) * (len(HEADERS) - 2)
+    align = ("left", "left", "left") + ("right",) * (len(HEADERS) - 3)
     return tabulate([_cells(r, md) for r in rows(g)], headers=HEADERS, tablefmt=tablefmt, disable_numparse=True,
                     colalign=align)
 

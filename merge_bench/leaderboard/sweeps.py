@@ -25,7 +25,6 @@ from pydantic import ValidationError
 
 from ..bench import stats
 from ..bench.draws import task_sets
-from ..bench.report import stats_draw
 from ..bench.scores import normalized as normalized_score
 from ..io.files import atomic_write_text
 from .convert import _get, method_source, provenance_fields
@@ -77,12 +76,15 @@ def _aggregate(row: Mapping[str, Any]) -> dict[str, Any]:
             "per_draw": row["per_draw"]}
 
 
-def entries_from_sweep(record: Mapping[str, Any], track: str = "default",
+def entries_from_sweep(record: Mapping[str, Any],
                        plugins: Mapping[str, dict[str, Any]] | None = None) -> list[NewEntry]:
-    """One entry per (size, method) of a sweep record (``run --n-tasks … --draws …``)."""
+    """One entry per (size, method) of a sweep record (``run --n-tasks … --draws …``), on the record's track.
+    A tuned entry's ``method.params`` are the search's start (the defaults and the user's values); what each
+    draw chose is in ``tuning``."""
     if _get(record, "record_version") != 2:
         raise ValueError("run record: not a sweep record (record_version 2); run with --n-tasks N1,N2 --draws D")
     config = _get(record, "config")
+    track = config.get("track", "default")
     if config.get("limit") is not None:
         raise ValueError(f"run record: made with limit={config['limit']}; only full runs can be leaderboard entries")
     out = []
@@ -107,7 +109,10 @@ def entries_from_sweep(record: Mapping[str, Any], track: str = "default",
                     "requested": config["draws"], "draws": draws}
         for key, item in recs[0]["methods"].items():
             name = item["method"]
-            params = {k: v for k, v in item["params"].items() if k != "seed"}
+            tuning = [{"index": d["index"], **r["tuning"][key]} for d, r in zip(draws, recs)] \
+                if track == "tuned" else None
+            start = tuning[0]["path"][0]["params"] if tuning else item["params"]
+            params = {k: v for k, v in start.items() if k != "seed"}
             rows = [r["methods"][key] for r in recs]
             items_text = _dump({"method": key, "draws": [{"index": d["index"], "tasks": r["per_item"]["methods"][key]}
                                                          for d, r in zip(draws, recs)]})
@@ -124,6 +129,11 @@ def entries_from_sweep(record: Mapping[str, Any], track: str = "default",
                 "bootstrap": {"B": st["B"], "seed": stats.DEFAULT_SEED},
                 "provenance": provenance,
             }
+            uses = item.get("data", "none")   # calibration data (RegMean's Grams), or none
+            fields["data"] = uses
+            if tuning is not None:
+                fields["tuning"] = tuning
+                fields["data"] = "validation" if uses == "none" else f"validation+{uses}"
             try:
                 out.append(NewEntry(seal_v2(fields), items_text, reference_text))
             except ValueError as err:
@@ -225,6 +235,31 @@ def _numbers(loaded: Loaded) -> list:
     return problems
 
 
+def _tuning_problems(path: Path, entry: EntryV2) -> list:
+    """A tuned entry: one search per draw, within its budget, starting at the entry's params (with the
+    draw's seed), its choice the first best of its path; a default-track entry has no tuning."""
+    from .validate import Problem
+
+    if entry.track == "default":
+        return [Problem(path, "tuning", "a default-track entry has no tuning")] if entry.tuning is not None else []
+    if entry.tuning is None or [t.index for t in entry.tuning] != [d.index for d in entry.draw_set.draws]:
+        return [Problem(path, "tuning", "a tuned entry holds one search per draw, in draw order")]
+    problems = [] if entry.data.startswith("validation") else [Problem(path, "data", "a tuned entry uses validation data")]
+    for i, t in enumerate(entry.tuning):
+        where = f"tuning[{i}]"
+        start = t.path[0].params
+        if {k: v for k, v in start.items() if k != "seed"} != entry.method.params:
+            problems.append(Problem(path, f"{where}.path[0]", f"starts at {start}, not the entry's params"))
+        if not t.evaluations == len(t.path) <= t.budget:
+            problems.append(Problem(path, f"{where}.evaluations", f"{t.evaluations} evaluations, {len(t.path)} "
+                                    f"steps, budget {t.budget}: must be equal, within the budget"))
+        best = max(step.validation_score for step in t.path)
+        first = next(step for step in t.path if step.validation_score == best)
+        if t.chosen != first.params or not _close(t.validation_score, best, STAT_TOLERANCE):
+            problems.append(Problem(path, f"{where}.chosen", "is not the first best configuration of the path"))
+    return problems
+
+
 def _seeded_draws(entry: EntryV2) -> list[list[str]] | None:
     """The draws the entry's seed gives on its backbone's pool (None for a backbone not registered here)."""
     from ..backbones import get_backbone
@@ -274,6 +309,7 @@ def check_entry_v2(path: Path, root: Path) -> tuple[Loaded | None, list]:
         if sorted(mapping) != tasks:
             problems.append(Problem(path, field, f"has tasks {sorted(mapping)}, the draws use {tasks}"))
     problems += _method_problems(path, entry, root.parent, implied=("seed",))
+    problems += _tuning_problems(path, entry)
     reference = _items(path, entry.items.reference, problems, "items.reference")
     method = _items(path, entry.items.method, problems, "items.method")
     if reference is None or method is None or problems:
@@ -360,8 +396,16 @@ def show_rows(groups: list[GroupV2]) -> list[dict[str, Any]]:
                          "normalized": s["normalized"], "ci95": s["normalized_ci95"], "per_draw": s["per_draw"],
                          "draw_sd": s["draw_sd"], "rank": s["rank"], "rank_ci95": s["rank_ci95"],
                          "tied_with_leader": s["tied_with_leader"], "delta_vs_simple_avg": s["delta"],
-                         "delta_ci95": s["delta_ci95"], "p_delta_gt0": s["p_delta_gt0"]})
+                         "delta_ci95": s["delta_ci95"], "p_delta_gt0": s["p_delta_gt0"], "tuning": _tuning_row(e)})
     return rows
+
+
+def _tuning_row(e: EntryV2) -> dict[str, Any] | None:
+    """The tuned track's search in ``show --json``: per draw (in draw order) its evaluations, choice and path."""
+    if e.tuning is None:
+        return None
+    return {"evaluations": [t.evaluations for t in e.tuning], "chosen": [t.chosen for t in e.tuning],
+            "path": [[step.model_dump() for step in t.path] for t in e.tuning]}
 
 
 def finding(g: GroupV2, a: str = "star", b: str = "simple_avg") -> str:

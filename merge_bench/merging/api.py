@@ -14,14 +14,15 @@ def merge(method: MethodSpec, adapters: Sequence[Union[str, Path]], *, params: M
           base: Union[str, Path, None] = None, out: Union[str, Path, None] = None, format: str = "auto",
           device: str = "cpu", dtype: str = "float32", overwrite: bool = False,
           targets: Union[str, Sequence[str], None] = None, progress: bool = False,
-          threads: int | None = None) -> MergeResult:
+          threads: int | None = None, calibration: Sequence[Sequence[str]] | None = None) -> MergeResult:
     """Merge ``adapters`` (PEFT LoRA dirs, full checkpoints or hub ids) with ``method``.
 
     ``params`` are the method's hyperparameters (values or their text). Without ``out`` the merged
     deltas are returned in memory (``result.deltas``, ``result.apply_to(model)``). With ``out`` the
     merge streams into the writer (``format`` auto | peft | full | delta) and the result records
     ``result.output``; a dense result is not kept in memory then (it was freed matrix by matrix).
-    ``threads``: CPU threads for the merge (None: torch's count), see ``engine.merge``.
+    ``threads``: CPU threads for the merge (None: torch's count), see ``engine.merge``. ``calibration``: one
+    prompt list per adapter, for methods that need data (RegMean).
     """
     numerics = Numerics.from_names(device, dtype)
     if format not in FORMATS:
@@ -29,7 +30,7 @@ def merge(method: MethodSpec, adapters: Sequence[Union[str, Path]], *, params: M
     if out is not None and Path(out).exists() and not overwrite:
         raise ValueError(f"output {out} already exists; pass --overwrite (overwrite=True) to replace it")
     result = run_merge(method, adapters, params=params, base=base, numerics=numerics, targets=targets,
-                       stream=out is not None, progress=progress, threads=threads)
+                       stream=out is not None, progress=progress, threads=threads, calibration=calibration)
     if out is not None:
         result.output = write(result, Path(out), format=format, overwrite=overwrite, progress=progress)
     return result

@@ -230,7 +230,7 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 def merge(method: MethodSpec, adapters: Sequence[Union[str, Path]], *, params: Mapping[str, Any] | None = None,
           base: Union[str, Path, BaseModel, None] = None, numerics: Numerics = Numerics(),
           targets: str | Sequence[str] | None = None, stream: bool = False, progress: bool = False,
-          threads: int | None = None) -> MergeResult:
+          threads: int | None = None, calibration: Sequence[Sequence[str]] | None = None) -> MergeResult:
     """Merge ``adapters`` (PEFT LoRA dirs and/or full checkpoints) with ``method``.
 
     Inputs are opened and validated now. Without ``stream`` the merge runs now and the result holds
@@ -238,6 +238,8 @@ def merge(method: MethodSpec, adapters: Sequence[Union[str, Path]], *, params: M
     ``threads`` caps torch's intra-op threads while inputs are read and the merge runs; a
     factor-space merge of LoRA inputs on the CPU instead merges that many matrices at once, with
     one intra-op thread each (at most MAX_WORKERS matrices; None: torch's thread count).
+    ``calibration``: for a method that needs data (``data = "calibration"``, RegMean), one list of
+    prompts per adapter, in order; their Grams are collected (or read from the cache) before the merge.
     """
     instance = make_method(method, params)
     targets = normalize_targets(targets)
@@ -249,6 +251,16 @@ def merge(method: MethodSpec, adapters: Sequence[Union[str, Path]], *, params: M
                for s in the_plan.inputs]
     hasher.shutdown(wait=False)
     is_lowrank = bool(instance.lowrank) and all(s.kind == "lora" for s in the_plan.inputs)
+    if instance.data == "calibration":
+        if calibration is None or base_model is None:
+            raise ValueError(f"method {instance.name!r} needs calibration data: pass the base model and one "
+                             "prompt list per adapter (merge-bench merge --calibration BACKBONE:TASK or FILE.jsonl)")
+        from .grams import calibration_grams
+
+        instance.use_calibration(calibration_grams(base_model.path, the_plan.inputs, calibration, the_plan.keys,
+                                                   device=str(numerics.device)))
+    elif calibration is not None:
+        raise ValueError(f"method {instance.name!r} takes no calibration data")
     result = MergeResult(
         method=instance.name if isinstance(method, (MergeMethod, type)) or ":" not in str(method) else str(method),
         config=dict(instance.config), inputs=records, base=None if base_model is None else base_model.spec,

@@ -14,7 +14,7 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from .base import MergeMethod, ModuleStream, Param
+from .base import MergeMethod, ModuleStream, Param, check_grid
 from .breadcrumbs import Breadcrumbs
 from .dare import Dare
 from .drm import DRM
@@ -22,6 +22,7 @@ from .iso_c import IsoC
 from .iso_cts import IsoCTS
 from .knots import Knots
 from .metagpt import MetaGPT
+from .regmean import RegMean
 from .simple_avg import SimpleAvg
 from .star import Star
 from .tall_masks import TallMasks
@@ -31,7 +32,7 @@ from .tsv import TSV
 
 BUILTIN: tuple[type[MergeMethod], ...] = (
     SimpleAvg, TaskArithmetic, Ties, TallMasks, Dare, Breadcrumbs,
-    MetaGPT, Star, DRM, Knots, TSV, IsoC, IsoCTS,
+    MetaGPT, Star, DRM, Knots, TSV, IsoC, IsoCTS, RegMean,
 )
 
 __all__ = ["MergeMethod", "ModuleStream", "Param", "available_methods", "get_method", "BUILTIN"]
@@ -43,6 +44,7 @@ def _check(cls: object, origin: str) -> type[MergeMethod]:
     for attr in ("name", "description"):
         if not isinstance(getattr(cls, attr, None), str):
             raise ValueError(f"{origin}: method class {cls.__name__} must set a string {attr!r}")
+    check_grid(cls, origin)
     return cls
 
 

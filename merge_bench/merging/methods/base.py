@@ -20,14 +20,24 @@ if TYPE_CHECKING:
 ModuleStream = Callable[[], Iterator[tuple[str, list["Delta"]]]]
 
 
+# Search grids the spec shares between methods (protocol.md, "Protocol v2: tracks"): the default first.
+TA_GRID = (0.4, 0.1, 0.2, 0.3, 0.5, 0.6, 0.8, 1.0)      # task arithmetic's λ (and DARE's, Breadcrumbs', TALL's α)
+ALPHA_GRID = (1.0, 0.5, 0.8, 1.2, 1.5, 2.0, 2.5, 3.0)   # the α of tsv, iso_c and iso_cts
+
+
 @dataclass(frozen=True)
 class Param:
-    """One hyperparameter: its type is that of the default."""
+    """One hyperparameter: its type is that of the default.
+
+    ``grid`` is the tuned track's search grid (protocol v2, "Tracks"): the values the coordinate search
+    tries, in order, the default first (it is the starting point, and ties go to it). Empty: not tuned.
+    """
 
     name: str
     default: Any
     help: str
     choices: tuple | None = None
+    grid: tuple = ()
 
     def parse(self, text: str) -> Any:
         """Parse a ``--param`` value given as text."""
@@ -56,6 +66,25 @@ class Param:
         return value
 
 
+def check_grid(cls: type["MergeMethod"], origin: str) -> None:
+    """A method's grids: each starts at its parameter's default, holds valid distinct values, and the
+    search order names exactly the parameters that have one."""
+    grids = {p.name: p for p in cls.params if p.grid}
+    for p in grids.values():
+        where = f"{origin}: parameter {p.name!r} of method {cls.name!r}: grid {list(p.grid)}"
+        if p.grid[0] != p.default:
+            raise ValueError(f"{where} must start with the default {p.default!r}")
+        try:
+            values = [p.check(v) for v in p.grid]
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        if len(set(values)) != len(values):
+            raise ValueError(f"{where} repeats a value")
+    if cls.search and sorted(cls.search) != sorted(grids):
+        raise ValueError(f"{origin}: method {cls.name!r}: search order {list(cls.search)} must name each "
+                         f"parameter with a grid exactly once ({sorted(grids)})")
+
+
 class MergeMethod:
     """Base class. Subclasses set the class attributes and implement ``merge``.
 
@@ -68,6 +97,24 @@ class MergeMethod:
     description: ClassVar[str]
     params: ClassVar[tuple[Param, ...]] = ()
     lowrank: ClassVar[bool] = False
+    # The tuned track's coordinates, in search order; empty: every parameter with a grid, as declared.
+    search: ClassVar[tuple[str, ...]] = ()
+    # What data the method needs besides the adapters: "none", or "calibration" (inputs' Grams, see
+    # merging/grams.py), which the engine hands over with ``use_calibration`` before any merge.
+    data: ClassVar[str] = "none"
+
+    def use_calibration(self, grams: Any) -> None:
+        raise ValueError(f"method {self.name!r} takes no calibration data")
+
+    @classmethod
+    def search_grid(cls, config: dict[str, Any] | None = None) -> list[tuple[str, tuple]]:
+        """``[(parameter, grid), ...]`` in the order the coordinate search visits them (empty: not tuned).
+
+        ``config`` is the search's starting point (the defaults plus the user's ``--param`` values); a
+        method may leave out coordinates that do nothing there."""
+        grids = {p.name: p.grid for p in cls.params if p.grid}
+        order = cls.search or tuple(grids)
+        return [(name, grids[name]) for name in order]
 
     def __init__(self, **values: Any) -> None:
         known = {p.name: p for p in self.params}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import MergeMethod, Param
+from .base import TA_GRID, MergeMethod, Param
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -98,9 +98,10 @@ class Breadcrumbs(MergeMethod):
     description = "Model Breadcrumbs: per row drop the top-γ outliers and the small tail, keep β; λ Σ masked τ_t."
     params = (
         Param("gamma", 0.01, "fraction of each row dropped from the top by magnitude (outliers)"),
-        Param("beta", 0.1, "fraction of each row kept after the top γ"),
-        Param("lam", 0.4, "scaling λ of the summed masked task vectors"),
+        Param("beta", 0.1, "fraction of each row kept after the top γ", grid=(0.1, 0.05, 0.15, 0.2)),
+        Param("lam", 0.4, "scaling λ of the summed masked task vectors", grid=TA_GRID),
     )
+    search = ("lam", "beta")
     lowrank = False
 
     def validate(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any
 
-from .base import MergeMethod, ModuleStream, Param
+from .base import TA_GRID, MergeMethod, ModuleStream, Param
 
 if TYPE_CHECKING:
     import torch
@@ -56,20 +56,29 @@ class Dare(MergeMethod):
     name = "dare"
     description = "DARE: random drop with probability p and 1/(1−p) rescale, then avg, task arithmetic or TIES."
     params = (
-        Param("p", 0.5, "drop probability per entry"),
+        Param("p", 0.5, "drop probability per entry", grid=(0.5, 0.3, 0.7, 0.9)),
         Param("rescale", True, "rescale surviving entries by 1/(1 − p)"),
         Param("combine", "avg", "how to combine the dropped task vectors", ("avg", "task_arithmetic", "ties")),
-        Param("lam", 0.4, "scaling λ for combine=task_arithmetic"),
+        Param("lam", 0.4, "scaling λ for combine=task_arithmetic", grid=TA_GRID),
         Param("k", 20.0, "combine=ties: percent of entries kept by the trim (0–100)"),
         Param("trim", "global", "combine=ties: threshold over all of a task's matrices or per matrix",
               ("global", "local")),
         Param("seed", 0, "seed of the drop masks"),
     )
+    search = ("lam", "p")
     lowrank = False
 
     def __init__(self, **values: Any) -> None:
         super().__init__(**values)
         self.thresholds: list[float] | None = None  # combine=ties, trim=global: per task, from prepare
+
+    @classmethod
+    def search_grid(cls, config: dict[str, Any] | None = None) -> list[tuple[str, tuple]]:
+        """λ scales only ``combine=task_arithmetic``: at the default ``avg`` (and ``ties``) the search
+        skips it rather than spend evaluations on merges that are all the same."""
+        grid = super().search_grid(config)
+        combine = (config or {}).get("combine", "avg")
+        return [(name, values) for name, values in grid if name != "lam" or combine == "task_arithmetic"]
 
     def validate(self) -> None:
         if not 0.0 <= self.p <= 1.0:

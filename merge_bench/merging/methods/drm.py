@@ -109,8 +109,10 @@ class DRM(MergeMethod):
     params = (
         Param("direction", "horizontal", "stack task vectors side by side (shared U) or on top (shared V)",
               ("horizontal", "vertical")),
-        Param("drop_rate", 0.8, "fraction p of the renormalized basis entries to drop (joint over tasks)"),
-        Param("coeff", 1.0, "merging coefficient c_t applied to every task before the disjoint mean"),
+        Param("drop_rate", 0.8, "fraction p of the renormalized basis entries to drop (joint over tasks)",
+              grid=(0.8, 0.6, 0.7, 0.9)),
+        Param("coeff", 1.0, "merging coefficient c_t applied to every task before the disjoint mean",
+              grid=(1.0, 0.8, 1.2)),
     )
     lowrank = True
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from .base import MergeMethod, Param
+from .base import ALPHA_GRID, MergeMethod, Param
 
 if TYPE_CHECKING:
     from ..delta import Delta
@@ -27,7 +27,7 @@ class IsoC(MergeMethod):
     params = (
         Param("sigma_mean", "rank", "σ̄ over the K non-zero singular values (rank) or over p = min(n, m) (full)",
               ("rank", "full")),
-        Param("alpha", 1.0, "scaling α of the merged update"),
+        Param("alpha", 1.0, "scaling α of the merged update", grid=ALPHA_GRID),
     )
     lowrank = True
 

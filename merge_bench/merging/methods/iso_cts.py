@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import MergeMethod, Param
+from .base import ALPHA_GRID, MergeMethod, Param
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -92,7 +92,7 @@ class IsoCTS(MergeMethod):
     description = "Iso-CTS (core-space variant): common + task-specific subspaces, isotropic spectrum."
     params = (
         Param("common_fraction", 0.8, "fraction f of the core size given to the common subspace"),
-        Param("alpha", 1.0, "scaling α of the merged update"),
+        Param("alpha", 1.0, "scaling α of the merged update", grid=ALPHA_GRID),
     )
     lowrank = True
 

@@ -65,11 +65,13 @@ class Knots(MergeMethod):
     description = "KnOTS: joint-SVD alignment of the task updates, then TIES or DARE on the aligned blocks."
     params = (
         Param("merge", "ties", "how the aligned per-task blocks are merged", ("ties", "dare")),
-        Param("k", 20.0, "ties: percent of each task's entries kept, over all layers together"),
+        Param("k", 20.0, "ties: percent of each task's entries kept, over all layers together",
+              grid=(20.0, 30.0, 40.0)),
         Param("drop_rate", 0.5, "dare: drop probability p of each aligned entry"),
         Param("seed", 0, "dare: seed of the drop masks"),
-        Param("alpha", 1.0, "scaling α of the merged update"),
+        Param("alpha", 1.0, "scaling α of the merged update", grid=(1.0, 0.4, 0.6, 0.8)),
     )
+    search = ("alpha", "k")
     lowrank = True
 
     def validate(self) -> None:

@@ -43,7 +43,8 @@ class Star(MergeMethod):
 
     name = "star"
     description = "Per-task spectral truncation keeping η% of the nuclear norm, rescaled, then averaged."
-    params = (Param("eta", 40.0, "percent of each task matrix's nuclear norm that the kept components must reach"),)
+    params = (Param("eta", 40.0, "percent of each task matrix's nuclear norm that the kept components must reach",
+                    grid=(40.0, 20.0, 60.0, 80.0)),)
     lowrank = True
 
     def validate(self) -> None:

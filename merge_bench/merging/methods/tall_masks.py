@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import MergeMethod, Param
+from .base import TA_GRID, MergeMethod, Param
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -32,8 +32,9 @@ class TallMasks(MergeMethod):
     name = "tall_masks"
     description = "Consensus Task Arithmetic: α Σ τ_t masked to entries that ≥ k TALL masks keep."
     params = (
-        Param("alpha", 0.4, "scaling α of the summed task vectors τ_MTL"),
-        Param("lam", 0.4, "TALL-mask λ: task t keeps entries with |τ_t| > λ |τ_MTL − τ_t|"),
+        Param("alpha", 0.4, "scaling α of the summed task vectors τ_MTL", grid=TA_GRID),
+        Param("lam", 0.4, "TALL-mask λ: task t keeps entries with |τ_t| > λ |τ_MTL − τ_t|",
+              grid=(0.4, 0.2, 0.3, 0.5, 0.6)),
         Param("k", 2, "consensus: keep entries kept by at least k task masks"),
     )
     lowrank = False

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import MergeMethod, Param
+from .base import TA_GRID, MergeMethod, Param
 
 if TYPE_CHECKING:
     from ..delta import Delta
@@ -13,7 +13,7 @@ class TaskArithmetic(MergeMethod):
 
     name = "task_arithmetic"
     description = "Scaled sum of the task vectors."
-    params = (Param("lam", 0.4, "scaling λ of the summed task vectors"),)
+    params = (Param("lam", 0.4, "scaling λ of the summed task vectors", grid=TA_GRID),)
     lowrank = True
 
     def merge(self, deltas: list[Delta], key: str) -> Delta:

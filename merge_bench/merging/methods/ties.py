@@ -31,11 +31,12 @@ class Ties(MergeMethod):
     name = "ties"
     description = "TIES-Merging: trim to top-k %, elect sign, disjoint mean (×λ)."
     params = (
-        Param("k", 20.0, "percent of each task's entries kept by the trim (0–100)"),
+        Param("k", 20.0, "percent of each task's entries kept by the trim (0–100)", grid=(20.0, 10.0, 30.0)),
         Param("trim", "global", "threshold over all of a task's matrices (global) or per matrix (local)",
               ("global", "local")),
-        Param("lam", 1.0, "scaling λ of the merged delta"),
+        Param("lam", 1.0, "scaling λ of the merged delta", grid=(1.0, 0.6, 0.8, 1.2, 1.5, 2.0)),
     )
+    search = ("lam", "k")
     lowrank = False
 
     def __init__(self, **values: Any) -> None:

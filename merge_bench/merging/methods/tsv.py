@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import MergeMethod, Param
+from .base import ALPHA_GRID, MergeMethod, Param
 
 if TYPE_CHECKING:
     from ..delta import Delta
@@ -22,7 +22,7 @@ class TSV(MergeMethod):
 
     name = "tsv"
     description = "Task Singular Vectors: per-task top singular vectors, decorrelated by polar factors."
-    params = (Param("alpha", 1.0, "scaling α of the merged update"),)
+    params = (Param("alpha", 1.0, "scaling α of the merged update", grid=ALPHA_GRID),)
     lowrank = True
 
     def merge(self, deltas: list[Delta], key: str) -> Delta:
