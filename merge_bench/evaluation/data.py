@@ -260,10 +260,26 @@ def task_docs(*, path: str, split: str, gold_field: str, name: str | None = None
 def load_task_docs(*, path: str, split: str, gold_field: str, name: str | None = None, sample: str = "all",
                    id_field: str | None = None, labels_field: str | None = None,
                    holdout: Mapping[str, Any] | None = None, revision: str | None = None,
-                   disjoint_from: Mapping[str, Any] | None = None, labels: Sequence[Any] | None = None,
-                   suite: str | None = None, short: str | None = None, **_metadata: Any):
+                   labels: Sequence[Any] | None = None, **_metadata: Any):
     """lm-eval ``custom_dataset`` hook: ``dataset_kwargs`` and ``metadata`` arrive as keywords
-    (``labels``, ``suite`` and ``short`` are metadata keys; the other metadata is ignored here)."""
+    (``labels`` is a metadata key; the other metadata, such as ``version``, is ignored here)."""
+    import datasets
+
+    docs = task_docs(path=path, split=split, gold_field=gold_field, name=name, sample=sample, id_field=id_field,
+                     labels=labels, labels_field=labels_field, holdout=holdout, revision=revision)
+    return datasets.DatasetDict({TEST_SPLIT: datasets.Dataset.from_list(docs)})
+
+
+def load_validation_docs(*, path: str, split: str, gold_field: str, disjoint_from: Mapping[str, Any],
+                         name: str | None = None, sample: str = "all", id_field: str | None = None,
+                         labels_field: str | None = None, holdout: Mapping[str, Any] | None = None,
+                         revision: str | None = None, labels: Sequence[Any] | None = None, suite: str | None = None,
+                         short: str | None = None, **_metadata: Any):
+    """lm-eval ``custom_dataset`` hook of the validation variants (``evaluation.validation``): the documents of
+    ``dataset_kwargs``, checked disjoint from the test items that ``disjoint_from`` names.
+
+    A hook of its own so that ``load_task_docs`` keeps its source: lm-eval serializes a hook's source into
+    the task config, whose hash keys every cached result and is in every leaderboard entry."""
     import datasets
 
     docs = task_docs(path=path, split=split, gold_field=gold_field, name=name, sample=sample, id_field=id_field,

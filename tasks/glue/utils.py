@@ -3,7 +3,7 @@
 ``!function utils.<name>`` in a YAML resolves to the ``utils.py`` beside that YAML (or beside the
 template that names it); the logic lives in the merge_bench package, so every folder re-exports it.
 """
-from merge_bench.evaluation.data import load_task_docs
+from merge_bench.evaluation.data import load_task_docs, load_validation_docs
 from merge_bench.evaluation.scoring import (
     process_contains,
     process_label,
@@ -15,6 +15,7 @@ from merge_bench.evaluation.scoring import (
 
 __all__ = [
     "load_task_docs",
+    "load_validation_docs",
     "process_contains",
     "process_label",
     "process_number",
