@@ -136,3 +136,18 @@ def test_merge_cli_takes_calibration_files(micro_llama, micro_loras, tmp_path, m
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
     assert main(argv[:-1] + [str(tmp_path / "out2"), "--calibration", files[0]]) != 0
     assert "1 spec(s) for 3 adapter(s)" in capsys.readouterr().err
+
+
+def test_every_layer_gets_a_gram_of_its_own_input_width(micro_llama):
+    # hooks on every linear layer: an input freed mid-forward must never lend its id (and Gram) to another
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from merge_bench.merging.grams import collect
+
+    model = AutoModelForCausalLM.from_pretrained(micro_llama, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(micro_llama)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "layers" in n}
+    grams, stored = collect(model, tok, ["the quick brown fox jumps", "yes"], [f"{n}.weight" for n in layers])
+    for name, module in layers.items():
+        assert grams[stored[f"{name}.weight"]].shape == (module.in_features, module.in_features), name
+    assert len(grams) == 4 * model.config.num_hidden_layers   # attention in, o in, mlp in, down in

@@ -68,16 +68,18 @@ def collect(model: torch.nn.Module, tokenizer, prompts: Sequence[str], keys: Seq
         wanted[key] = module
     grams: dict[str, Tensor] = {}
     stored: dict[str, str] = {}
-    seen: dict[int, str] = {}  # id of an input tensor in the current forward -> its stored name
+    # The inputs seen in the current forward, kept alive until it ends: an id alone could be reused by a
+    # later tensor once an earlier one is freed.
+    seen: dict[int, tuple[Tensor, str]] = {}
 
     def hook(key: str):
         def fn(module, args, output):
             x = args[0]
-            if id(x) in seen:  # another layer of this input (q after k): one Gram for both
-                stored.setdefault(key, seen[id(x)])
+            if id(x) in seen and seen[id(x)][0] is x:  # another layer of this input (q after k): one Gram
+                stored.setdefault(key, seen[id(x)][1])
                 return
             name = stored.setdefault(key, key)
-            seen[id(x)] = name
+            seen[id(x)] = (x, name)
             flat = x.reshape(-1, x.shape[-1]).to(SVD_DTYPE)
             g = flat.T @ flat
             grams[name] = g if name not in grams else grams[name] + g
