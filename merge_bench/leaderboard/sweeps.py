@@ -366,6 +366,8 @@ class GroupV2:
     draw_set: Any                       # schema.DrawSet
     entries: list[EntryV2]              # sorted by method key
     stats: dict[str, Any]               # stats.bootstrap(...).to_dict() over the folder's methods
+    # where some methods use data (calibration, validation): the tie group among the data-free ones alone
+    data_free_tie_group: list[str] | None = None
 
     @property
     def title(self) -> str:
@@ -380,7 +382,12 @@ def group_stats(loaded: list[Loaded], backbone: str | None = None) -> list[Group
         if backbone is not None and e.backbone != backbone:
             continue
         result = stats.bootstrap(draws_of(members), B=e.bootstrap.B, seed=e.bootstrap.seed).to_dict()
-        groups.append(GroupV2(e.backbone, e.track, e.n_tasks, e.draw_set, [m.entry for m in members], result))
+        free = [m for m in members if m.entry.data == "none"]
+        free_ties = None
+        if len(free) not in (0, len(members)):
+            free_ties = stats.bootstrap(draws_of(free), B=e.bootstrap.B, seed=e.bootstrap.seed).to_dict()["tie_group"]
+        groups.append(GroupV2(e.backbone, e.track, e.n_tasks, e.draw_set, [m.entry for m in members], result,
+                              free_ties))
     return sorted(groups, key=lambda g: (g.backbone, g.track, g.n_tasks, g.draw_set.id))
 
 
@@ -418,5 +425,7 @@ def finding(g: GroupV2, a: str = "star", b: str = "simple_avg") -> str:
     d, (lo, hi) = m[a]["delta"], m[a]["delta_ci95"]
     verdict = ("beats" if lo > 0 else "loses to" if hi < 0 else "is not distinguishable from")
     holm = f", Holm-adjusted p = {pair['p_holm']:.3g}" if pair else ""
+    free = (f" Among the data-free methods, tied for first: {', '.join(g.data_free_tie_group)}."
+            if g.data_free_tie_group else "")
     return (f"N = {g.n_tasks} ({len(g.draw_set.draws)} draw(s)): {a} {verdict} {b}: Δ = {d:+.2f} points "
-            f"[95 % CI {lo:+.2f}, {hi:+.2f}], P(Δ > 0) = {m[a]['p_delta_gt0']:.2f}{holm}. Tied for first: {tie}.")
+            f"[95 % CI {lo:+.2f}, {hi:+.2f}], P(Δ > 0) = {m[a]['p_delta_gt0']:.2f}{holm}. Tied for first: {tie}.{free}")

@@ -16,12 +16,14 @@ the 14336-wide down_proj input, so collect on a GPU or with fewer targets).
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
+from ..io.console import no_library_bars
 from ..io.files import atomic_write_bytes, cache_root, content_hash, dir_sha256, prompts_sha256, sha256_files
 from .numerics import SVD_DTYPE
 
@@ -122,13 +124,16 @@ def load_task_model(base_dir: Path, input_dir: Path, kind: str, seq2seq: bool, d
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    if kind == "full":
-        return auto.from_pretrained(input_dir, dtype=torch.float32).to(device).eval(), tokenizer
-    from peft import PeftModel
+    # the run's one bar stays alone: no loading bars, and PEFT's call of an API transformers 5 deprecated
+    with no_library_bars(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        if kind == "full":
+            return auto.from_pretrained(input_dir, dtype=torch.float32).to(device).eval(), tokenizer
+        from peft import PeftModel
 
-    model = auto.from_pretrained(base_dir, dtype=torch.float32)
-    model = PeftModel.from_pretrained(model, str(input_dir)).merge_and_unload()
+        model = auto.from_pretrained(base_dir, dtype=torch.float32)
+        model = PeftModel.from_pretrained(model, str(input_dir)).merge_and_unload()
     return model.to(device).eval(), tokenizer
 
 
