@@ -110,3 +110,15 @@ def test_a_shipped_split_that_overlaps_the_test_set_is_an_error_naming_the_task(
     assert [d["mb_id"] for d in carved] == ["v-1"]
     with pytest.raises(ValueError, match=r"disjoint_from keys \['spilt'\] unknown"):
         task_docs(**kwargs, disjoint_from={"spilt": "test"})
+
+
+def test_every_task_with_an_adapter_has_calibration_rows_in_the_fixtures(manager):
+    from merge_bench.evaluation.calibration import calibration_kwargs
+    from merge_bench.evaluation.data import mirror_file
+
+    for t in list_tasks(manager=manager):
+        if not t.has_adapter or t.suite == "tiny":
+            continue
+        kwargs = calibration_kwargs(manager.task_index[t.name].cfg["dataset_kwargs"])
+        path = mirror_file(FIXTURES, kwargs["path"], kwargs.get("name"), kwargs["split"])
+        assert path.is_file(), f"{t.name}: no calibration fixture {path}"

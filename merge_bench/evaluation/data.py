@@ -289,13 +289,18 @@ def load_validation_docs(*, path: str, split: str, gold_field: str, disjoint_fro
 
 
 def export_mirror(suite: str | None, to_dir: Path, fetch: Fetch | None = None) -> list[Path]:
-    """Download every split the suite's tasks and their validation variants read (``suite`` None: all suites) into a mirror at
+    """Download every split the suite's tasks, their validation variants and their calibration sets read (``suite`` None: all suites) into a mirror at
     ``to_dir``, in the hub's row order; embedded datasets are skipped. Returns the files written."""
     from .tasks import list_tasks
 
     fetch = fetch or hub_split
+    from .validation import TRAIN_CONFIG
+
     tasks = [*list_tasks(suite), *list_tasks(suite, validation=True)]  # the tuned track reads the latter
     wanted = {(t.dataset, t.config, t.split): t.revision for t in tasks if not t.dataset.startswith(EMBEDDED_PREFIX)}
+    for t in list_tasks(suite):  # RegMean's calibration rows: each task's train split (evaluation.calibration)
+        if t.has_adapter and not t.dataset.startswith(EMBEDDED_PREFIX):
+            wanted.setdefault((t.dataset, TRAIN_CONFIG.get((t.dataset, t.config), t.config), "train"), t.revision)
     written = []
     for (dataset_path, name, split), revision in sorted(wanted.items(), key=lambda kv: str(kv[0])):
         target = mirror_file(Path(to_dir), dataset_path, name, split)
