@@ -121,19 +121,26 @@ def save(path: Path, grams: dict[str, Tensor], stored: dict[str, str]) -> Path:
 
 def load_task_model(base_dir: Path, input_dir: Path, kind: str, seq2seq: bool, device: str):
     """Model t for Gram collection: the base with task t's LoRA merged in, or the full checkpoint itself."""
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
-    # the run's one bar stays alone: no loading bars, and PEFT's call of an API transformers 5 deprecated
+    # The run's one bar stays alone: no loading bars, no notices. PEFT calls an API transformers 5 deprecated
+    # and, merging into T5, says its embeddings are untied (flan-t5's are: that is what it loaded).
+    verbosity = hf_logging.get_verbosity()
     with no_library_bars(), warnings.catch_warnings():
+        hf_logging.set_verbosity_error()
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*embeddings are no longer tied.*", category=UserWarning)
         tokenizer = AutoTokenizer.from_pretrained(base_dir)
-        if kind == "full":
-            return auto.from_pretrained(input_dir, dtype=torch.float32).to(device).eval(), tokenizer
-        from peft import PeftModel
-
-        model = auto.from_pretrained(base_dir, dtype=torch.float32)
-        model = PeftModel.from_pretrained(model, str(input_dir)).merge_and_unload()
+        try:
+            if kind == "full":
+                return auto.from_pretrained(input_dir, dtype=torch.float32).to(device).eval(), tokenizer
+            model = auto.from_pretrained(base_dir, dtype=torch.float32)
+            model = PeftModel.from_pretrained(model, str(input_dir)).merge_and_unload()
+        finally:
+            hf_logging.set_verbosity(verbosity)
     return model.to(device).eval(), tokenizer
 
 
