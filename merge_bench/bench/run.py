@@ -101,11 +101,12 @@ class Prepared:
             hashes = [self.adapter_sha[t] for t in job.tasks] if job.variant["kind"] != "pretrained" else []
             return self.base_sha is not None and None not in hashes
 
-        def cached(job: Job, task: str) -> bool:  # a result from before per-item scores is evaluated again
-            hit = self.cache.get(self.key(job.variant, task)) if known(job) else None
-            return hit is not None and "per_item" in hit
+        return {job.name: [t for t in job.tasks if not (known(job) and self.cached(job, t))] for job in self.jobs}
 
-        return {job.name: [t for t in job.tasks if not cached(job, t)] for job in self.jobs}
+    def cached(self, job: Job, task: str) -> bool:
+        """``job`` has a result on ``task`` (a result from before per-item scores is evaluated again)."""
+        hit = self.cache.get(self.key(job.variant, task))
+        return hit is not None and "per_item" in hit
 
     def header(self) -> str:
         return (f"backbone {self.bb.name}: {len(self.tasks)} task(s) {', '.join(self.tasks)} (seed {self.cfg.seed}); "

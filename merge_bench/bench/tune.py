@@ -116,7 +116,7 @@ def tune(preps: list["Prepared"], progress: bool = True, evaluator=None):
     def scores(prep, job, tasks: list[str]) -> dict[str, float]:
         """``job`` on the validation variants of ``tasks``, evaluating what is not cached."""
         val = {t: f"{t}{VALIDATION_SUFFIX}" for t in tasks}
-        missing = [v for v in val.values() if not _cached(prep, job, v)]
+        missing = [v for v in val.values() if not prep.cached(job, v)]
         if missing:
             holder["ev"] = holder["ev"] or make_evaluator(prep)
             evaluate_job(prep, holder["ev"], job, missing)
@@ -151,7 +151,3 @@ def tune(preps: list["Prepared"], progress: bool = True, evaluator=None):
     bar.close()
     return holder["ev"]
 
-
-def _cached(prep, job, task: str) -> bool:
-    hit = prep.cache.get(prep.key(job.variant, task))
-    return hit is not None and "per_item" in hit

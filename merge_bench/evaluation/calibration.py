@@ -14,22 +14,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .validation import TRAIN_CONFIG
+from .validation import carved_from_train
 
 SIZE = 256  # calibration examples per task (the issue's default)
 
 
 def calibration_kwargs(dataset_kwargs: dict[str, Any], size: int = SIZE) -> dict[str, Any]:
     """A test task's ``dataset_kwargs`` turned to its calibration rows."""
-    kwargs = dict(dataset_kwargs)
-    test = {k: kwargs[k] for k in ("name", "split", "sample", "holdout") if k in kwargs}
-    out = {**kwargs, "split": "train", "sample": f"rand {size}"}
-    if (kwargs["path"], kwargs.get("name")) in TRAIN_CONFIG:
-        out["name"] = TRAIN_CONFIG[kwargs["path"], kwargs.get("name")]
-    if "holdout" in kwargs:
-        out["holdout"] = {**kwargs["holdout"], "part": "rest"}
-    out["disjoint_from"] = {**test, "drop_overlap": True}
-    return out
+    return carved_from_train(dict(dataset_kwargs), f"rand {size}")
 
 
 def task_prompts(backbone, short: str, manager, tokenizer=None, size: int = SIZE) -> list[str]:

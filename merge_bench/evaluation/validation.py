@@ -47,6 +47,21 @@ def _load(path: Path) -> dict[str, Any]:
     return yaml.load(Path(path).read_text(encoding="utf-8"), Loader=Loader) or {}
 
 
+def carved_from_train(kwargs: dict[str, Any], sample: str) -> dict[str, Any]:
+    """A test task's ``dataset_kwargs`` turned to ``sample`` of its training rows, never its test items:
+    the train split (MNLI's in ``mnli``; finance's the 90 % its test holdout leaves), with ``disjoint_from``
+    dropping train rows that are test items. Validation (GLUE, SuperGLUE, Flan) and calibration share it."""
+    test = {k: kwargs[k] for k in TEST_KEYS if k in kwargs}
+    out = {**kwargs, "split": "train", "sample": sample}
+    key = (kwargs["path"], kwargs.get("name"))
+    if key in TRAIN_CONFIG:
+        out["name"] = TRAIN_CONFIG[key]
+    if "holdout" in kwargs:      # the test rows are a holdout of train: carve from the rest
+        out["holdout"] = {**kwargs["holdout"], "part": "rest"}
+    out["disjoint_from"] = {**test, "drop_overlap": True}
+    return out
+
+
 def validation_kwargs(cfg: dict[str, Any], where: str) -> dict[str, Any]:
     """The variant's ``dataset_kwargs`` for a test task's config (its YAML, without the include)."""
     kwargs = dict(cfg["dataset_kwargs"])
@@ -55,21 +70,12 @@ def validation_kwargs(cfg: dict[str, Any], where: str) -> dict[str, Any]:
     if suite not in RULES:
         raise ValueError(f"{where}: no validation rule for suite {suite!r} (known: {sorted(RULES)})")
     split, how = RULES[suite]
-    test = {k: kwargs[k] for k in TEST_KEYS if k in kwargs}
-    out = {**kwargs, "split": split}
-    if how == "all":
-        out["sample"] = "all"
-    elif how == "rand":
-        out["sample"] = f"rand {SIZE}"
-    else:
+    if how == "carve":
         balanced = str(kwargs.get("sample", "all")).startswith("bal") and meta.get("labels")
-        out["sample"] = f"bal {SIZE // len(meta['labels'])}" if balanced else f"rand {SIZE}"
-        key = (kwargs["path"], kwargs.get("name"))
-        if key in TRAIN_CONFIG:
-            out["name"] = TRAIN_CONFIG[key]
-        if "holdout" in kwargs:      # the test rows are a holdout of train: carve from the rest
-            out["holdout"] = {**kwargs["holdout"], "part": "rest"}
-    out["disjoint_from"] = {**test, "drop_overlap": how == "carve"}
+        return carved_from_train(kwargs, f"bal {SIZE // len(meta['labels'])}" if balanced else f"rand {SIZE}")
+    test = {k: kwargs[k] for k in TEST_KEYS if k in kwargs}
+    out = {**kwargs, "split": split, "sample": "all" if how == "all" else f"rand {SIZE}"}
+    out["disjoint_from"] = {**test, "drop_overlap": False}
     return out
 
 
