@@ -47,10 +47,10 @@ class Grams:
         return self._handles[task].get_tensor(names[key])
 
 
-def gram_file(base_dir: Path, input_dir: Path, input_files: list[Path], prompts: Sequence[str],
+def gram_file(base_sha256: str, input_dir: Path, input_files: list[Path], prompts: Sequence[str],
               keys: Sequence[str], cache: Path | None = None) -> Path:
     """Where task ``input_dir``'s Grams live in the cache (content-addressed)."""
-    key = {"version": VERSION, "base": dir_sha256(Path(base_dir)), "input": sha256_files(input_dir, input_files)[0],
+    key = {"version": VERSION, "base": base_sha256, "input": sha256_files(input_dir, input_files)[0],
            "prompts": prompts_sha256(prompts), "keys": sorted(keys)}
     return (cache or cache_root() / "grams") / f"{content_hash(key)}.safetensors"
 
@@ -151,11 +151,11 @@ def calibration_grams(base_dir: Path, inputs: Sequence, prompts: Sequence[Sequen
         raise ValueError(f"calibration: {len(prompts)} prompt set(s) for {len(inputs)} input(s); give one per input")
     config = json.loads((Path(base_dir) / "config.json").read_text())
     seq2seq = bool(config.get("is_encoder_decoder"))
-    files = []
+    files, base_sha = [], dir_sha256(Path(base_dir))  # hashed once: a 7B base is 14 GB
     for source, texts in zip(inputs, prompts):
         if not texts:
             raise ValueError(f"calibration: no prompts for {source.path}")
-        path = gram_file(base_dir, source.path, source.files, texts, keys, cache)
+        path = gram_file(base_sha, source.path, source.files, texts, keys, cache)
         if not path.is_file():
             model, tokenizer = load_task_model(base_dir, source.path, source.kind, seq2seq, device)
             save(path, *collect(model, tokenizer, texts, keys, seq2seq=seq2seq))
