@@ -86,6 +86,7 @@ def main() -> int:
 
     from merge_bench.backbones import tiny
     from merge_bench.bench import run as run_mod
+    from merge_bench.bench import worker
     from merge_bench.evaluation import harness
     from merge_bench.evaluation.hf_backend import HFEvaluator
     from merge_bench.merging import engine
@@ -93,14 +94,14 @@ def main() -> int:
     timed(hf.HFLM, "_model_generate", "generate (the floor)")
     timed(lm_tasks.TaskManager, "load", "lm-eval task building")
     timed(harness, "run_lm_eval", "evaluate (lm-eval call)")
-    timed(run_mod, "_merge", "merge")
+    timed(worker, "merge_variant", "merge")
     timed(engine.MergeResult, "apply_to", "apply merged delta")
     timed(engine.AppliedMerge, "restore", "restore base weights")
     timed_context(HFEvaluator, "lora", "LoRA in/out (PEFT)")
     timed(run_mod, "dir_sha256", "hashing inputs")
     timed(tiny, "ensure_tiny_base", "tiny base (convert or verify)")
     timed(HFEvaluator, "__init__", "load base model")
-    timed(run_mod, "merged_sha256", "hash merged deltas")
+    timed(worker, "merged_sha256", "hash merged deltas")
     # harness imported run_lm_eval into the backends by name: patch those references too.
     import merge_bench.evaluation.hf_backend as hf_backend
     hf_backend.run_lm_eval = harness.run_lm_eval

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from merge_bench.bench import plan as plan_mod
-from merge_bench.bench import variants
+from merge_bench.bench import worker
 from merge_bench.backbones import get_backbone
 from merge_bench.merging.methods import get_method
 from merge_bench.bench.provenance import merge_code_sha256
@@ -33,20 +33,20 @@ def test_run_end_to_end_and_resume(micro_backbone, cache, tmp_path, monkeypatch,
     cfg = RunConfig(backbone="micro", methods=["simple_avg", "task_arithmetic"], out=tmp_path / "runs")
 
     # A run killed while evaluating the second method: everything before it is cached.
-    real_merge = variants.merge_variant
+    real_merge = worker.merge_variant
 
-    def dying_merge(method, *args, **kwargs):
-        if method.name == "task_arithmetic":
+    def dying_merge(merge, *args, **kwargs):
+        if merge.spec == "task_arithmetic":
             raise KeyboardInterrupt
-        return real_merge(method, *args, **kwargs)
+        return real_merge(merge, *args, **kwargs)
 
-    monkeypatch.setattr(variants, "merge_variant", dying_merge)
+    monkeypatch.setattr(worker, "merge_variant", dying_merge)
     with pytest.raises(KeyboardInterrupt):
         run_benchmark(cfg, backbone=micro_backbone, progress=False)
     first_calls = list(calls)
     assert len(first_calls) == 3 + 3 + 3  # pretrained on 3 tasks, 3 LoRAs on their own task, simple_avg on 3
 
-    monkeypatch.setattr(variants, "merge_variant", real_merge)
+    monkeypatch.setattr(worker, "merge_variant", real_merge)
     calls.clear()
     record = run_benchmark(cfg, backbone=micro_backbone, progress=False)
     assert calls == [("color",), ("animal",), ("answer",)]  # only the method that had not run

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from merge_bench.bench import tune as tune_module
-from merge_bench.bench import variants
+from merge_bench.bench import worker
 from merge_bench.bench.run import RunConfig, run_benchmark
 from merge_bench.bench.sweep import run_sweep
 from merge_bench.bench.scores import normalized
@@ -55,7 +55,7 @@ def test_validation_scores_are_the_normalized_mean_of_cached_evaluations(micro_b
     from dataclasses import replace
 
     prep = Prepared(RunConfig(backbone="micro", methods=METHODS, cache_dir=cache), micro_backbone)
-    tune_module.tune([prep], progress=False)   # all cached: replays the searches
+    tune_module.tune([prep], prep.executor(), progress=False)   # all cached: replays the searches
     val = {t: f"{t}_val" for t in prep.tasks}
     lora = {t: prep.cache.get(prep.key(prep.jobs[1 + i].variant, val[t]))["score"] for i, t in enumerate(prep.tasks)}
     m = next(m for m in prep.methods if m.key == "ties")
@@ -70,8 +70,7 @@ def test_a_rerun_replays_the_searches_without_evaluating(micro_backbone, record,
     def no_evaluator(prep):
         raise AssertionError("a cached tuned run evaluated again")
 
-    monkeypatch.setattr(variants, "make_evaluator", no_evaluator)
-    monkeypatch.setattr("merge_bench.bench.run.make_evaluator", no_evaluator)
+    monkeypatch.setattr(worker, "make_evaluator", no_evaluator)
     again = run_benchmark(RunConfig(backbone="micro", methods=METHODS, track="tuned", cache_dir=cache,
                                     out=cache.parent / "runs"), backbone=micro_backbone, progress=False)
     assert {k: v["chosen"] for k, v in again["tuning"].items()} == {k: v["chosen"] for k, v in record["tuning"].items()}
@@ -124,7 +123,7 @@ def test_tuned_entries_carry_their_searches_and_validate(sweep, tmp_path, capsys
     assert [t.chosen for t in ta.tuning] == [d["record"]["tuning"]["task_arithmetic"]["chosen"] for d in draws]
     assert "/tuned/" in str(loaded[0].path)
     assert main(["leaderboard", "show", "--root", str(root), "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    rows = json.loads(capsys.readouterr().out)["rows"]
     row = next(r for r in rows if r["method"] == "task_arithmetic")
     assert row["track"] == "tuned" and row["tuning"]["chosen"] == [t.chosen for t in ta.tuning]
     assert row["tuning"]["evaluations"] == [t.evaluations for t in ta.tuning] and len(row["tuning"]["path"]) == 2

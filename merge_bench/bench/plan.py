@@ -23,6 +23,36 @@ TRACKS = ("default", "tuned")
 PAPER = "paper"  # `--tasks paper`: the task set the STAR README reports for the backbone
 
 
+EXECUTORS = ("sequential", "ray")
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """Where the evaluations run (``executor.py``); not part of any result's identity."""
+
+    name: str = "sequential"  # sequential | ray
+    address: str | None = None  # ray: "auto" or HOST:PORT of a running cluster; None: $RAY_ADDRESS, else a local one
+    workers: int | None = None  # ray: actors (default: the cluster's GPUs on a GPU run, else its CPUs)
+    max_retries: int = 2  # ray: a batch that fails or loses its worker runs again this many times at most
+
+    def __post_init__(self) -> None:
+        if self.name not in EXECUTORS:
+            raise ValueError(f"unknown executor {self.name!r}; expected one of {', '.join(EXECUTORS)}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {self.workers}")
+        if self.name == "sequential" and (self.address is not None or self.workers is not None):
+            raise ValueError("--address and --workers go with --executor ray")
+
+    def describe(self) -> str:
+        if self.name == "sequential":
+            return "sequential (this process)"
+        import os
+
+        address = self.address or os.environ.get("RAY_ADDRESS")
+        where = f"the cluster at {address}" if address else "a local cluster"
+        return f"ray, {self.workers or 'default'} worker(s) ({where})"
+
+
 @dataclass
 class RunConfig:
     backbone: str = "tiny"
@@ -43,6 +73,7 @@ class RunConfig:
     cache_dir: Path | None = None  # result cache; None = $MERGE_BENCH_CACHE/results (check passes a fresh one)
     verbose: bool = False  # keep the libraries' own bars and notices
     track: str = "default"  # "default": every method at its defaults; "tuned": the validation search (tune.py)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
 
 @dataclass(frozen=True)

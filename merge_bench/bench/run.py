@@ -8,7 +8,7 @@ evaluations always prints its table and writes its record, even where a normaliz
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,13 +19,14 @@ from .. import __version__
 from ..backbones import Backbone, get_backbone, locate, resolve
 from ..io.files import cache_root, content_hash, dir_sha256, prompts_sha256, write_json_atomic
 from .cache import ResultCache
+from .executor import Executor, SequentialExecutor
 from .plan import (DEFAULT_METHODS, PROTOCOL, TRACKS, Job, MethodRun, RunConfig, build_jobs, last_throughput,
                    pick_tasks, record_throughput, resolve_methods, resolve_runtime)
 from .provenance import git_commit, hardware, versions
 from .report import add_uncertainty, normalization, results_table
 from .scores import normalized_or_none
 from .tune import BUDGET as tune_budget, tune
-from .variants import evaluate_job, make_evaluator
+from .worker import EvaluatorSpec, MergeInput, Work
 
 __all__ = ["DEFAULT_METHODS", "PROTOCOL", "RunConfig", "pick_tasks", "resolve_methods", "results_table",
            "run_benchmark", "dry_run"]
@@ -108,6 +109,44 @@ class Prepared:
         hit = self.cache.get(self.key(job.variant, task))
         return hit is not None and "per_item" in hit
 
+    def work(self, job: Job, tasks: list[str]) -> Work:
+        """``job`` on ``tasks`` (tasks or their validation variants) as plain data a worker anywhere can run."""
+        keys = tuple(self.key(job.variant, t) for t in tasks)
+        kind = job.variant["kind"]
+        if kind == "lora":
+            ref = self.bb.adapters[job.tasks[0]]
+            return Work(job.name, tuple(tasks), keys, adapter=self.adapter_dirs[job.tasks[0]], adapter_kind=ref.kind,
+                        adapter_targets=ref.targets)
+        if kind == "pretrained":
+            return Work(job.name, tuple(tasks), keys)
+        m = job.method
+        spec = m.spec
+        if ".py:" in spec:  # a plugin file, found from wherever the worker runs
+            path, _, cls = spec.rpartition(":")
+            spec = f"{Path(path).resolve()}:{cls}"
+        # Full checkpoints contribute their declared target matrices only (flan: q and v), as their LoRA row does.
+        declared = sorted({t for task in self.tasks for t in (self.bb.adapters[task].targets or ())})
+        merge = MergeInput(spec, dict(m.config), tuple(self.adapter_dirs[t] for t in self.tasks), self.base_dir,
+                           tuple(declared) or None,
+                           tuple(tuple(self.calibration[t]) for t in self.tasks) if m.data == "calibration" else None,
+                           m.lowrank)
+        save_to = Path(self.cfg.out) / "merged" / m.key if self.cfg.save_merged else None
+        return Work(job.name, tuple(tasks), keys, merge=merge, save_to=save_to)
+
+    def evaluator_spec(self) -> EvaluatorSpec:
+        return EvaluatorSpec(replace(self.bb, local_base=None), self.base_dir, self.runtime, self.cfg.limit,
+                             self.cfg.seed, self.cfg.batch_size, self.cfg.verbose)
+
+    def executor(self) -> Executor:
+        """The run's executor (``--executor``); every prepared run of one sweep shares it. Close it when done."""
+        ex, spec = self.cfg.executor, self.evaluator_spec()
+        if ex.name == "ray":
+            from .ray_executor import RayExecutor
+
+            return RayExecutor(spec, self.cache.root, address=ex.address, workers=ex.workers,
+                               max_retries=ex.max_retries)
+        return SequentialExecutor(spec, self.cache.root)
+
     def header(self) -> str:
         return (f"backbone {self.bb.name}: {len(self.tasks)} task(s) {', '.join(self.tasks)} (seed {self.cfg.seed}); "
                 f"{self.runtime.describe()}")
@@ -150,6 +189,7 @@ def dry_run(cfg: RunConfig, *, backbone: Backbone | None = None) -> dict[str, An
     lines.append(f"base {bb.base_id}: {base_where}")
     lines += [f"adapter {t} ({a['kind']}) {a['id']}: {a['where']}" for t, a in plan["adapters"].items()]
     lines.append(f"evaluations: {total} ({total - todo} cached, {todo} to run, {items} items)")
+    lines.append(f"executor: {cfg.executor.describe()}")
     if cfg.track == "tuned":
         lines.append(f"tuned track: first each method's grid on the validation variants of the {len(prep.tasks)} "
                      f"task(s), at most {tune_budget} merge-evaluations each (not in the counts above)")
@@ -167,8 +207,14 @@ def run_benchmark(cfg: RunConfig, *, backbone: Backbone | None = None, progress:
     print(prep.header(), file=sys.stderr)
     if prep.runtime.notice:
         print(f"note: {prep.runtime.notice}", file=sys.stderr)
-    _evaluate([prep], progress, evaluator=tune([prep], progress) if cfg.track == "tuned" else None)
-    record = _record(prep)
+    executor = prep.executor()
+    try:
+        if cfg.track == "tuned":
+            tune([prep], executor, progress)
+        _evaluate([prep], executor, progress)
+    finally:
+        executor.close()
+    record = _record(prep, executor.describe())
     path = Path(cfg.out) / f"{bb.name}-{content_hash(prep.tasks)[:8]}-{record['created'].replace(':', '')}.json"
     write_json_atomic(path, record)
     print(results_table(record, bb.reported_for(prep.tasks)))
@@ -179,36 +225,29 @@ def run_benchmark(cfg: RunConfig, *, backbone: Backbone | None = None, progress:
     return record
 
 
-def _evaluate(preps: list[Prepared], progress: bool, evaluator=None) -> None:
+def _evaluate(preps: list[Prepared], executor: Executor, progress: bool) -> None:
     """Every pending (variant, task) of the runs in ``preps`` (one backbone and runtime), each evaluated once
     even where several task draws share it (their pretrained and LoRA rows), each cached as soon as it is done.
-    One evaluator, one progress bar."""
+    One executor, one progress bar."""
     seen: set[str] = set()
-    todo: list[tuple[Prepared, Job, list[str]]] = []
+    works: list[Work] = []
     for prep in preps:
         pending = prep.pending()
         for job in prep.jobs:
             tasks = [t for t in pending[job.name] if content_hash(prep.key(job.variant, t)) not in seen]
             seen.update(content_hash(prep.key(job.variant, t)) for t in tasks)
             if tasks:
-                todo.append((prep, job, tasks))
-    # Dense merges last: on vLLM each one replaces the base engine, which the low-rank variants share.
-    todo.sort(key=lambda w: w[1].method is not None and not w[1].method.lowrank)
-    total = sum(len(ts) for _, _, ts in todo)
-    items, seconds = 0, 0.0
+                works.append(prep.work(job, tasks))
+    total = sum(len(w.tasks) for w in works)
     bar = tqdm(total=total, desc="evaluating", unit="task", disable=not progress or total == 0)
-    for prep, job, tasks in todo:
-        if evaluator is None:
-            evaluator = make_evaluator(prep)
-        bar.set_postfix_str(job.name if len(preps) == 1 else f"{job.name} on {','.join(prep.tasks)}")
-        n, t = evaluate_job(prep, evaluator, job, tasks, on_task=lambda: bar.update(1))
-        items, seconds = items + n, seconds + t
+    stats = executor.run(works, bar.update)
     bar.close()
+    items, seconds = sum(n for n, _ in stats), sum(t for _, t in stats)
     if items and seconds > 0:
         record_throughput(preps[0].bb, preps[0].runtime, items / seconds)
 
 
-def _record(prep: Prepared) -> dict[str, Any]:
+def _record(prep: Prepared, executor: dict) -> dict[str, Any]:
     bb, cfg, tasks = prep.bb, prep.cfg, prep.tasks
 
     def row(job: Job) -> dict[str, dict]:
@@ -226,10 +265,11 @@ def _record(prep: Prepared) -> dict[str, Any]:
         "hardware": hardware(prep.runtime.device),
         "config": {**{k: v for k, v in asdict(cfg).items()
                       if k not in ("out", "n_tasks", "sizes", "draws", "save_merged", "cache_dir", "verbose",
-                                   "dtype")},
+                                   "dtype", "executor")},
                    "backbone": bb.name, "tasks": tasks, "methods": [m.spec for m in prep.methods],
                    "backend": prep.runtime.backend, "device": prep.runtime.device},
         "runtime": asdict(prep.runtime),
+        "executor": executor,
         "backbone": {"name": bb.name, "base_id": bb.base_id, "base_revision": bb.base_revision,
                      "base_sha256": prep.base_sha},
         "adapters": {t: {"id": bb.adapters[t].id, "revision": bb.adapters[t].revision,

@@ -102,6 +102,7 @@ def dry_run_sweep(cfg: RunConfig, *, backbone: Backbone | None = None) -> dict[s
     lines.append("methods: " + "; ".join(f"{k} {v}" if v else k for k, v in plan["methods"].items())
                  + " (seeded methods: seed = the draw index)")
     lines.append(f"evaluations: {len(keys)} ({len(keys) - len(todo)} cached, {len(todo)} to run, {sum(todo)} items)")
+    lines.append(f"executor: {cfg.executor.describe()}")
     lines.append("estimated time: " + (f"about {plan['estimate_s'] / 60:.1f} min at {rate:g} items/s" if rate
                                         else "unknown (no run of this backbone, backend and device here yet)"))
     print("\n".join(lines))
@@ -116,8 +117,14 @@ def run_sweep(cfg: RunConfig, *, backbone: Backbone | None = None, progress: boo
     print(f"backbone {bb.name}: sweep {sizes} (seed {cfg.seed}); {preps[0].runtime.describe()}", file=sys.stderr)
     if preps[0].runtime.notice:
         print(f"note: {preps[0].runtime.notice}", file=sys.stderr)
-    _evaluate(preps, progress, evaluator=tune(preps, progress) if cfg.track == "tuned" else None)
-    record = sweep_record(cfg, bb, specs, [_record(p) for p in preps])
+    executor = preps[0].executor()
+    try:
+        if cfg.track == "tuned":
+            tune(preps, executor, progress)
+        _evaluate(preps, executor, progress)
+    finally:
+        executor.close()
+    record = sweep_record(cfg, bb, specs, [_record(p, executor.describe()) for p in preps])
     path = Path(cfg.out) / f"{bb.name}-sweep-{content_hash([asdict(s) for s in specs])[:8]}-" \
                            f"{record['created'].replace(':', '')}.json"
     write_json_atomic(path, record)
@@ -135,6 +142,7 @@ def sweep_record(cfg: RunConfig, bb: Backbone, specs: list[DrawSpec], records: l
         "versions": first["versions"],
         "hardware": hardware(first["runtime"]["device"]),
         "runtime": first["runtime"],
+        "executor": first["executor"],
         "config": {"backbone": bb.name, "sizes": list(cfg.sizes), "draws": cfg.draws if cfg.draws is not None else 1,
                    "seed": cfg.seed, "track": cfg.track, "methods": first["config"]["methods"], "params": cfg.params,
                    "limit": cfg.limit, "batch_size": cfg.batch_size, "backend": first["config"]["backend"],

@@ -17,7 +17,7 @@ is an error before any merge.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Generator
 
 if TYPE_CHECKING:
     from .run import Prepared
@@ -56,15 +56,16 @@ class Search:
                 "path": [{"params": dict(c), "validation_score": round(s, 4)} for c, s in self.tried]}
 
 
-def coordinate_search(grid: list[tuple[str, tuple]], start: dict[str, Any],
-                      objective: Callable[[dict[str, Any]], float], *, budget: int = BUDGET,
-                      patience: int = PATIENCE) -> Search:
-    """Search ``grid`` (``[(param, values), ...]``) from ``start`` (the full config), calling ``objective``
-    once per tried config, at most ``budget`` times; see the module docstring for the rules."""
+def search_steps(grid: list[tuple[str, tuple]], start: dict[str, Any], *, budget: int = BUDGET,
+                 patience: int = PATIENCE) -> Generator[dict[str, Any], float, Search]:
+    """The search as a generator: it yields each config to try (the full config) and is sent its score; it
+    returns the ``Search``. Searches of several (method, draw) pairs can so advance side by side, their
+    evaluations going to an executor together. See the module docstring for the rules."""
     if budget < 1:
         raise ValueError(f"the search budget must be at least 1 evaluation, got {budget}")
     search = Search(dict(start), budget=budget)
-    best, best_score = dict(start), objective(dict(start))
+    best = dict(start)
+    best_score = yield dict(start)
     search.tried.append((dict(start), best_score))
     for name, values in grid:
         misses = 0
@@ -74,7 +75,7 @@ def coordinate_search(grid: list[tuple[str, tuple]], start: dict[str, Any],
             if value == best[name]:
                 continue
             config = {**best, name: value}
-            score = objective(dict(config))
+            score = yield dict(config)
             search.tried.append((config, score))
             if score > best_score:
                 best, best_score, misses = config, score, 0
@@ -85,69 +86,121 @@ def coordinate_search(grid: list[tuple[str, tuple]], start: dict[str, Any],
     return search
 
 
+def coordinate_search(grid: list[tuple[str, tuple]], start: dict[str, Any],
+                      objective: Callable[[dict[str, Any]], float], *, budget: int = BUDGET,
+                      patience: int = PATIENCE) -> Search:
+    """Search ``grid`` (``[(param, values), ...]``) from ``start``, calling ``objective`` once per tried
+    config, at most ``budget`` times."""
+    steps = search_steps(grid, start, budget=budget, patience=patience)
+    config = next(steps)
+    while True:
+        try:
+            config = steps.send(objective(config))
+        except StopIteration as done:
+            return done.value
+
+
 # ---- the tuned track in a run: every (method, draw) searched on validation, then tested at its choice ----
 
 def _budget_upper(grid: list[tuple[str, tuple]], budget: int) -> int:
     return min(budget, 1 + sum(len(values) - 1 for _, values in grid))
 
 
-def tune(preps: list["Prepared"], progress: bool = True, evaluator=None):
+@dataclass
+class _Running:
+    """One (method, draw) search in a run, and the merge-evaluation it waits for."""
+
+    prep: "Prepared"
+    method: Any  # plan.MethodRun
+    steps: Generator[dict[str, Any], float, Search]
+    config: dict[str, Any]
+    upper: int  # the most evaluations it can take (for the bar)
+    seconds: float = 0.0
+    search: Search | None = None
+
+    def job(self):
+        from dataclasses import replace
+
+        return self.prep.make_jobs([replace(self.method, config=self.config)])[-1]
+
+
+def tune(preps: list["Prepared"], executor, progress: bool = True) -> None:
     """Search every method of every prepared run (one per task draw) on the validation variants of its
     tasks; each run's methods become the chosen configs (keys unchanged) and ``prep.tuning`` holds the
-    searches. Every validation evaluation goes through the result cache, so a rerun replays the searches
-    without evaluating. Returns the evaluator (None if everything was cached) for the test evaluations."""
-    import time
+    searches. The searches advance side by side: each round sends every running search's next
+    merge-evaluation to ``executor`` at once (so a Ray executor evaluates them in parallel). Every validation
+    evaluation goes through the result cache, so a rerun replays the searches without evaluating."""
     from dataclasses import replace
 
     from tqdm import tqdm
 
     from ..evaluation.harness import describe_tasks
     from ..evaluation.tasks import VALIDATION_SUFFIX
+    from ..io.files import content_hash
     from ..merging.methods import get_method
     from .scores import normalized_or_none
-    from .variants import evaluate_job, make_evaluator
 
-    grids = {(i, m.key): get_method(m.spec).search_grid(m.config) for i, p in enumerate(preps) for m in p.methods}
-    total = sum(len(p.tasks) * (1 + sum(_budget_upper(grids[i, m.key], BUDGET) for m in p.methods))
-                for i, p in enumerate(preps))
-    bar = tqdm(total=total, desc="tuning", unit="task", disable=not progress)
-    holder = {"ev": evaluator}
-
-    def scores(prep, job, tasks: list[str]) -> dict[str, float]:
-        """``job`` on the validation variants of ``tasks``, evaluating what is not cached."""
-        val = {t: f"{t}{VALIDATION_SUFFIX}" for t in tasks}
-        missing = [v for v in val.values() if not prep.cached(job, v)]
-        if missing:
-            holder["ev"] = holder["ev"] or make_evaluator(prep)
-            evaluate_job(prep, holder["ev"], job, missing)
-        bar.update(len(tasks))
-        return {t: prep.cache.get(prep.key(job.variant, v))["score"] for t, v in val.items()}
-
-    wanted = sorted({f"{t}{VALIDATION_SUFFIX}" for p in preps for t in p.tasks})
+    val = VALIDATION_SUFFIX
+    wanted = sorted({f"{t}{val}" for p in preps for t in p.tasks})
     described = describe_tasks(preps[0].bb, wanted, preps[0].manager, preps[0].cfg.limit) if preps else {}
-    for i, prep in enumerate(preps):
-        prep.infos.update({f"{t}{VALIDATION_SUFFIX}": described[f"{t}{VALIDATION_SUFFIX}"] for t in prep.tasks})
-        lora_val = {}
-        for job in prep.jobs[1:1 + len(prep.tasks)]:  # each task's LoRA on its own validation variant
-            lora_val.update(scores(prep, job, job.tasks))
-        bad = sorted(t for t, s in lora_val.items() if s <= 0)
+    for prep in preps:
+        prep.infos.update({f"{t}{val}": described[f"{t}{val}"] for t in prep.tasks})
+    grids = [[get_method(m.spec).search_grid(m.config) for m in p.methods] for p in preps]
+    total = sum(len(p.tasks) * (1 + sum(_budget_upper(g, BUDGET) for g in gs)) for p, gs in zip(preps, grids))
+    bar = tqdm(total=total, desc="tuning", unit="task", disable=not progress)
+
+    def evaluate(pairs: list[tuple["Prepared", Any]]) -> list[float]:
+        """Each (prep, job) on the validation variants of the prep's tasks, what is not cached evaluated in one
+        executor call; returns each pair's seconds."""
+        works, owner, seen = [], [], set()
+        for k, (prep, job) in enumerate(pairs):
+            # Not cached, and not already asked for this round (task draws share their LoRA rows).
+            missing = [v for v in (f"{t}{val}" for t in job.tasks) if not prep.cached(job, v)
+                       and content_hash(prep.key(job.variant, v)) not in seen]
+            seen.update(content_hash(prep.key(job.variant, v)) for v in missing)
+            bar.update(len(job.tasks) - len(missing))
+            if missing:
+                works.append(prep.work(job, missing))
+                owner.append(k)
+        seconds = [0.0] * len(pairs)
+        for k, (_, s) in zip(owner, executor.run(works, bar.update)):
+            seconds[k] = s
+        return seconds
+
+    def val_scores(prep, job) -> dict[str, float]:
+        return {t: prep.cache.get(prep.key(job.variant, f"{t}{val}"))["score"] for t in job.tasks}
+
+    # Each task's LoRA on its own validation variant: the objective's denominators.
+    lora_jobs = [(p, job) for p in preps for job in p.jobs[1:1 + len(p.tasks)]]
+    evaluate(lora_jobs)
+    lora_val = [{t: s for job in p.jobs[1:1 + len(p.tasks)] for t, s in val_scores(p, job).items()} for p in preps]
+    for prep, scores in zip(preps, lora_val):
+        bad = sorted(t for t, s in scores.items() if s <= 0)
         if bad:
             raise ValueError(f"tuned track: the LoRA scores 0 on the validation variant of {bad}, so the "
                              "objective (merged_val / LoRA_val) is undefined there")
-        chosen, prep.tuning = [], {}
-        for m in prep.methods:
-            def objective(config, m=m):
-                bar.set_postfix_str(f"{m.key} {config}" if len(preps) == 1 else f"{m.key} on {','.join(prep.tasks)}")
-                job = prep.make_jobs([replace(m, config=config)])[-1]
-                return normalized_or_none(scores(prep, job, prep.tasks), lora_val)
 
-            start = time.perf_counter()
-            search = coordinate_search(grids[i, m.key], m.config, objective)
-            prep.tuning[m.key] = {**search.to_dict(), "seconds": round(time.perf_counter() - start, 2)}
-            bar.total -= len(prep.tasks) * (_budget_upper(grids[i, m.key], BUDGET) - search.evaluations)
-            chosen.append(replace(m, config=search.chosen))
-        prep.methods = chosen
-        prep.jobs = prep.make_jobs(chosen)
+    running = []
+    for i, prep in enumerate(preps):
+        for m, grid in zip(prep.methods, grids[i]):
+            steps = search_steps(grid, m.config)
+            running.append(_Running(prep, m, steps, next(steps), _budget_upper(grid, BUDGET)))
+    active = list(running)
+    while active:
+        bar.set_postfix_str(", ".join(sorted({r.method.key for r in active})))
+        jobs = [r.job() for r in active]
+        for r, s in zip(active, evaluate([(r.prep, job) for r, job in zip(active, jobs)])):
+            r.seconds += s
+        for r, job in zip(active, jobs):
+            try:
+                r.config = r.steps.send(normalized_or_none(val_scores(r.prep, job), lora_val[preps.index(r.prep)]))
+            except StopIteration as done:
+                r.search = done.value
+                bar.total -= len(r.prep.tasks) * (r.upper - r.search.evaluations)
+        active = [r for r in active if r.search is None]
     bar.close()
-    return holder["ev"]
-
+    for prep in preps:
+        mine = [r for r in running if r.prep is prep]
+        prep.tuning = {r.method.key: {**r.search.to_dict(), "seconds": round(r.seconds, 2)} for r in mine}
+        prep.methods = [replace(r.method, config=r.search.chosen) for r in mine]
+        prep.jobs = prep.make_jobs(prep.methods)

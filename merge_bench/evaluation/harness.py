@@ -41,6 +41,22 @@ def sample_ids_sha256(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()
 
 
+def _stable_text(value) -> str:
+    """JSON text for what ``to_dict(keep_callable=False)`` leaves as an object: a callable nested in the config
+    (lm-eval copies ``process_docs`` into ``fewshot_config``) by its name and source, not its ``repr``, whose
+    memory address would give every process another task hash and so miss every cached result."""
+    if callable(value):
+        import inspect
+
+        try:
+            source = inspect.getsource(value)
+        except (OSError, TypeError):
+            source = ""
+        digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+        return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__name__)}:{digest}"
+    return str(value)
+
+
 def describe_tasks(backbone: Backbone, shorts: list[str], manager, limit: int | None) -> dict[str, TaskInfo]:
     """Build each task once (lm-eval loads and samples its documents) and hash what will be scored."""
     names = {backbone.lm_eval_task(s): s for s in shorts}
@@ -59,7 +75,7 @@ def describe_tasks(backbone: Backbone, shorts: list[str], manager, limit: int | 
             raise ValueError(f"task {name}: documents {missing[:5]} have no 'mb_id' field (set in process_docs)")
         config = task.config
         version = (config.metadata or {}).get("version", "unversioned")
-        yaml_text = json.dumps(config.to_dict(keep_callable=False), sort_keys=True, default=str)
+        yaml_text = json.dumps(config.to_dict(keep_callable=False), sort_keys=True, default=_stable_text)
         infos[names[name]] = TaskInfo(
             short=names[name], lm_eval_task=name, version=str(version), n=len(docs),
             sample_ids_sha256=sample_ids_sha256([str(d["mb_id"]) for d in docs]),
