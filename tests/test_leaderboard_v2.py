@@ -65,7 +65,7 @@ def test_group_statistics_equal_the_runs_and_show_json_has_the_fields(sweep, boa
         assert set(g.stats["tie_group"]) == set(ran["tie_group"])  # equal scores: order of input
     assert main(["leaderboard", "show", "--root", str(board), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 6
+    assert len(rows) == 6 and all(r["vs_default"] is None for r in rows)  # one track: nothing to compare
     need = {"backbone", "track", "n_tasks", "draws", "method", "params", "normalized", "ci95", "rank", "rank_ci95",
             "delta_vs_simple_avg", "delta_ci95"}
     assert all(need <= set(r) for r in rows)

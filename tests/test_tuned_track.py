@@ -123,7 +123,7 @@ def test_tuned_entries_carry_their_searches_and_validate(sweep, tmp_path, capsys
     assert [t.chosen for t in ta.tuning] == [d["record"]["tuning"]["task_arithmetic"]["chosen"] for d in draws]
     assert "/tuned/" in str(loaded[0].path)
     assert main(["leaderboard", "show", "--root", str(root), "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)["rows"]
+    rows = json.loads(capsys.readouterr().out)
     row = next(r for r in rows if r["method"] == "task_arithmetic")
     assert row["track"] == "tuned" and row["tuning"]["chosen"] == [t.chosen for t in ta.tuning]
     assert row["tuning"]["evaluations"] == [t.evaluations for t in ta.tuning] and len(row["tuning"]["path"]) == 2

@@ -37,19 +37,25 @@ def run_show(args) -> int:
 
     from ..leaderboard import show_text
     from ..leaderboard.build import validate_all
-    from ..leaderboard.sweep_views import show_text_v2
+    from ..leaderboard.sweep_views import show_text_tracks, show_text_v2
     from ..leaderboard.sweeps import group_stats, show_rows
+    from ..leaderboard.tracks import add_vs_default, compare_tracks
 
     entries, loaded, problems = validate_all(_root(args))
     if problems:
         print(f"warning: {len(problems)} problem(s); run `merge-bench leaderboard validate`", file=sys.stderr)
     groups = [g for g in group_stats(loaded, backbone=args.backbone)
               if args.track is None or g.track == args.track]
+    # a comparison joins both tracks, so one asked for alone shows none
+    comparisons = compare_tracks(loaded, groups) if args.track is None else []
     if args.json:
-        print(json.dumps(show_rows(groups), indent=2))
+        print(json.dumps(add_vs_default(show_rows(groups), comparisons), indent=2))
         return 0
     if groups:
         print("Protocol v2 (mean over task draws, 95 % bootstrap CIs)\n\n" + show_text_v2(groups) + "\n")
+    if comparisons:
+        print("Protocol v2, tuned vs default (paired Δ = tuned − default on the same draws and items)\n\n"
+              + show_text_tracks(comparisons) + "\n")
     if args.track in (None, "default"):
         print("Protocol v1 (one task set each, point estimates)\n\n"
               + show_text(entries, backbone=args.backbone, task_set=args.task_set))
@@ -72,5 +78,7 @@ def register(sub) -> None:
             q.add_argument("--track", help="only this protocol-v2 track (default)")
             q.add_argument("--task-set", help="only this v1 task-set id (e.g. n3-1a2b3c4d)")
             q.add_argument("--json", action="store_true",
-                           help="print the protocol-v2 rows as JSON: one per (backbone, track, N, method)")
+                           help="print the protocol-v2 rows as JSON: one per (backbone, track, N, method); a tuned "
+                                "row also compared on the default track carries vs_default (the paired "
+                                "tuned - default; shape: leaderboard/README.md)")
         q.set_defaults(func=func)

@@ -42,6 +42,11 @@ def add_run_options(p) -> None:
     p.add_argument("--limit", type=int, help="evaluate only the first N sampled documents per task (debugging)")
     p.add_argument("--batch-size", type=int, help="evaluation batch size (default: the backbone's)")
     p.add_argument("--out", type=Path, default=Path("runs"), help="where run records go (default: runs/)")
+    add_executor_options(p)
+
+
+def add_executor_options(p) -> None:
+    """Where the evaluations run (run and submit)."""
     p.add_argument("--executor", choices=("sequential", "ray"), default="sequential",
                    help="sequential (default): one evaluator in this process; ray: Ray actors, one evaluator each "
                         "(pip install 'merge-bench[ray]')")
@@ -49,6 +54,12 @@ def add_run_options(p) -> None:
                                      "else a local cluster)")
     p.add_argument("--workers", type=int, help="ray: actors to start (default: the cluster's GPUs on a GPU run, "
                                                "else its CPUs)")
+
+
+def executor_config(args):
+    from ..bench.plan import ExecutorConfig
+
+    return ExecutorConfig(args.executor, args.address, args.workers)
 
 
 def parse_sizes(n_tasks: str | None, draws: str | None) -> tuple[int | None, list[int] | None, int | str | None]:
@@ -70,7 +81,6 @@ def parse_sizes(n_tasks: str | None, draws: str | None) -> tuple[int | None, lis
 
 
 def config_from_args(args, methods: list[str] | None):
-    from ..bench.plan import ExecutorConfig
     from ..bench.run import RunConfig
 
     n_tasks, sizes, draws = parse_sizes(args.n_tasks, args.draws)
@@ -80,7 +90,7 @@ def config_from_args(args, methods: list[str] | None):
                      device=args.device, dtype=args.dtype, limit=args.limit, out=args.out,
                      batch_size=args.batch_size, save_merged=getattr(args, "save_merged", False),
                      verbose=args.verbose, track=getattr(args, "track", "default"),
-                     executor=ExecutorConfig(args.executor, args.address, args.workers))
+                     executor=executor_config(args))
 
 
 def run(args) -> int:

@@ -8,7 +8,7 @@ def run(args) -> int:
     from ..leaderboard import default_root, submit
     from ..leaderboard.submit import parse_params
 
-    from .run import parse_sizes
+    from .run import executor_config, parse_sizes
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     n_tasks, sizes, draws = parse_sizes(args.n_tasks, args.draws)
@@ -21,7 +21,7 @@ def run(args) -> int:
         for r in submit_sweep(args.method, args.backbone, root=root, sizes=sizes, draws=draws,
                               params=parse_params(args.method, args.param), seed=args.seed, backend=args.backend,
                               device=args.device, overwrite=args.overwrite, out=Path(args.out) if args.out else None,
-                              batch_size=args.batch_size, track=args.track):
+                              batch_size=args.batch_size, track=args.track, executor=executor_config(args)):
             e = r.entry
             print(f"submit: {r.status} {r.path}\n  {e.method.key} on {e.backbone} · {e.track} · N = {e.n_tasks} "
                   f"({len(e.draw_set.draws)} draws): Avg. Normalized {e.result.normalized:.2f} "
@@ -29,6 +29,8 @@ def run(args) -> int:
         print("  next: merge-bench leaderboard validate && merge-bench leaderboard build, then commit the entries, "
               "their items/ files and the regenerated files (see leaderboard/CONTRIBUTING.md)")
         return 0
+    if args.executor != "sequential":
+        raise ValueError("--executor ray runs protocol-v2 submissions: give --n-tasks N1,N2 and --draws D")
     if args.track != "default":
         raise ValueError("--track tuned makes protocol-v2 entries: give --n-tasks N1,N2 and --draws D")
     result = submit(
@@ -47,6 +49,8 @@ def run(args) -> int:
 
 
 def register(sub) -> None:
+    from .run import add_executor_options
+
     p = sub.add_parser("submit", help="run the standard protocol for a method and add its leaderboard entry")
     p.add_argument("--method", required=True, help="a registered method name or path/to/file.py:Class")
     p.add_argument("--backbone", required=True)
@@ -66,4 +70,5 @@ def register(sub) -> None:
     p.add_argument("--root", help="leaderboard directory (default: the repository's leaderboard/)")
     p.add_argument("--out", help="run output directory (default: run's own)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing entry with different results")
+    add_executor_options(p)
     p.set_defaults(func=run)

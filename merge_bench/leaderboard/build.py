@@ -10,6 +10,7 @@ from .readme import plot_names, render_readme
 from .schema import json_schema, json_schema_v2
 from .sweep_views import score_vs_n_png
 from .sweeps import GroupV2, group_stats, validate_v2
+from .tracks import compare_tracks
 from ..io.files import atomic_write_bytes, atomic_write_text
 from .store import SCHEMA_FILE
 from .tables import group_entries
@@ -54,11 +55,12 @@ def build_leaderboard(root: Path) -> list[Path]:
         listing = "\n  ".join(str(p) for p in problems)
         raise ValueError(f"{len(problems)} problem(s) in {root}; fix them before building:\n  {listing}")
     groups, groups_v2 = group_entries(entries), group_stats(loaded)
+    comparisons = compare_tracks(loaded, groups_v2)
     written = []
     readme = root / "README.md"
-    atomic_write_text(readme, render_readme(groups, groups_v2, v2_plot_name))
+    atomic_write_text(readme, render_readme(groups, groups_v2, v2_plot_name, comparisons))
     page = root / "index.html"
-    atomic_write_text(page, render_page(groups, groups_v2, v2_plot_name))
+    atomic_write_text(page, render_page(groups, groups_v2, v2_plot_name, comparisons))
     written += [readme, page, *write_schema(root)]
     plots = root / PLOTS_DIR
     plot_paths = write_plots(groups, plots, plot_names)

@@ -6,9 +6,10 @@ import json
 from importlib.resources import files
 from typing import Any
 
-from .readme import PROTOCOL_NOTES, V2_INTRO, V2_NOT_COVERED
-from .sweep_views import html_section
+from .readme import PROTOCOL_NOTES, V2_INTRO, V2_NOT_COVERED, V2_TRACKS
+from .sweep_views import html_section, tracks_html
 from .sweeps import GroupV2
+from .tracks import TrackComparison
 from .schema import LEADERBOARD_VERSION, PROTOCOL_VERSION
 from .tables import Group
 
@@ -42,11 +43,14 @@ def _embed_json(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, sort_keys=True, allow_nan=False).replace("<", "\\u003c")
 
 
-def render_page(groups: list[Group], groups_v2: list[GroupV2] = (), v2_plot=None) -> str:
+def render_page(groups: list[Group], groups_v2: list[GroupV2] = (), v2_plot=None,
+                comparisons: list[TrackComparison] = ()) -> str:
     title = "merge-bench leaderboard"
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in PROTOCOL_NOTES)
     v2 = (f"<p>{html.escape(V2_INTRO)}</p><p>{html.escape(V2_NOT_COVERED)}</p>"
           + (html_section(list(groups_v2), v2_plot) if groups_v2 else "<p>No protocol v2 entries yet.</p>"))
+    if comparisons:
+        v2 += f"<p>{html.escape(V2_TRACKS)}</p>" + tracks_html(list(comparisons))
     # Replace the data last: it is the only part that could contain the other markers' text.
     page = _asset("index.html")
     for marker, value in (("@@CSS@@", _asset("page.css")), ("@@JS@@", _asset("page.js")),

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from .schema import LEADERBOARD_VERSION, PROTOCOL_VERSION
 from .sweep_views import markdown as v2_markdown
+from .sweep_views import tracks_markdown
 from .sweeps import GroupV2
+from .tracks import TrackComparison
 from .tables import Group, render_table
 
 # From protocol.md, "Reference bugs we do not reproduce" and "Label matching": where the STAR
@@ -41,12 +43,30 @@ V2_NOT_COVERED = (
 )
 
 
+V2_TRACKS = (
+    "**Tuned vs default**: where a backbone, N and draw set has entries on both tracks, one table joins them, "
+    "one row per method on both: its mean [95 % CI], rank (on that track's own table) and data on each track, "
+    "what the tuned track's search chose (and the validation evaluations it spent), and the paired difference "
+    "**Δ tuned − default** with its 95 % CI and P(Δ > 0), from the same hierarchical bootstrap as the rows "
+    "(same B, seed and resampling indices: both tracks merge the same draws and score the same items). "
+    "**rank move** is the places gained when tuned."
+)
+# The shape of ``show --json`` (README only: the page has no command line).
+V2_TRACKS_JSON = (
+    "`merge-bench leaderboard show --json` prints one row per backbone, track, N and method; each row has "
+    "`vs_default`: on a tuned row whose method also has a default-track entry on the same draws, the paired "
+    "`delta` (tuned − default), `delta_ci95`, `p_delta_gt0`, `default_normalized`, `default_ci95`, "
+    "`default_rank` and `rank_change` (default rank − tuned rank); null on every other row."
+)
+
+
 def plot_names(group: Group) -> tuple[str, str]:
     """(per-backbone normalized-vs-tasks plot, per-group heatmap) file names under plots/."""
     return f"{group.backbone}_normalized_vs_tasks.png", f"{group.backbone}_{group.task_set}_heatmap.png"
 
 
-def render_readme(groups: list[Group], groups_v2: list[GroupV2] = (), v2_plot=None) -> str:
+def render_readme(groups: list[Group], groups_v2: list[GroupV2] = (), v2_plot=None,
+                  comparisons: list[TrackComparison] = ()) -> str:
     lines = [
         "# merge-bench leaderboard",
         "",
@@ -62,6 +82,8 @@ def render_readme(groups: list[Group], groups_v2: list[GroupV2] = (), v2_plot=No
         "",
     ]
     lines += v2_markdown(list(groups_v2), v2_plot) if groups_v2 else ["No protocol v2 entries yet.", ""]
+    if comparisons:
+        lines += [V2_TRACKS, "", V2_TRACKS_JSON, ""] + tracks_markdown(list(comparisons))
     lines += [
         f"## Protocol v{PROTOCOL_VERSION} entries (one task set each, point estimates)",
         "",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..merging.methods import get_method
 from .check import Runner
@@ -11,6 +11,9 @@ from .convert import entries_from_record, plugin_file_info
 from .schema import Entry
 from .store import entry_files, entry_path, read_entry, write_entry
 from .validate import check_entry_data, reference_mismatches
+
+if TYPE_CHECKING:
+    from ..bench.plan import ExecutorConfig
 
 
 @dataclass(frozen=True)
@@ -160,8 +163,10 @@ def write_sweep_entries(root: Path, record: Mapping[str, Any], *, method: str | 
 def submit_sweep(method: str, backbone: str, *, root: Path, sizes: list[int], draws: int | str = 1,
                  params: Mapping[str, Any] | None = None, seed: int = 42, backend: str = "auto", device: str = "auto",
                  overwrite: bool = False, runner: Runner | None = None, out: Path | None = None,
-                 batch_size: int | None = None, track: str = "default") -> list[SubmitResult]:
-    """Protocol v2: run ``method`` on every draw of every size (on ``track``) and write one entry per size."""
+                 batch_size: int | None = None, track: str = "default",
+                 executor: ExecutorConfig | None = None) -> list[SubmitResult]:
+    """Protocol v2: run ``method`` on every draw of every size (on ``track``) and write one entry per size;
+    ``executor``: where the evaluations run (``--executor ray``), the entries are the same either way."""
     from ..bench.run import RunConfig
 
     if runner is None:
@@ -171,6 +176,8 @@ def submit_sweep(method: str, backbone: str, *, root: Path, sizes: list[int], dr
     kwargs: dict[str, Any] = dict(backbone=backbone, sizes=list(sizes), draws=draws, methods=[method],
                                   params={cls.name: dict(params or {})} if params else {}, seed=seed,
                                   backend=backend, device=device, batch_size=batch_size, track=track)
+    if executor is not None:
+        kwargs["executor"] = executor
     if out is not None:
         kwargs["out"] = Path(out)
     record = runner(RunConfig(**kwargs))

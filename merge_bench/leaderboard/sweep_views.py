@@ -9,6 +9,8 @@ from tabulate import tabulate
 
 from .sweeps import GroupV2, finding
 from .tables import format_params
+from .tracks import TrackComparison, TrackRow
+from .tracks import finding as tracks_finding
 
 HEADERS = ["Method", "Parameters", "Data", "Avg. Normalized", "95 % CI", "per draw", "Δ vs simple_avg", "Δ 95 % CI",
            "P(Δ>0)", "rank", "rank 95 %", "tied 1st"]
@@ -38,12 +40,15 @@ def rows(g: GroupV2) -> list[dict[str, Any]]:
 
 def _params(e) -> str:
     """The parameters a row ran at: the entry's, or on the tuned track what each draw's search chose."""
-    if e.tuning is None:
-        return format_params(e.method.params)
+    return format_params(e.method.params) if e.tuning is None else f"tuned: {_chosen(e)}"
+
+
+def _chosen(e) -> str:
+    """What each draw's search chose (once when all agree, with the validation evaluations it spent)."""
     chosen = [format_params({k: v for k, v in t.chosen.items() if k != "seed"}) for t in e.tuning]
     if len(set(chosen)) == 1:
-        return f"tuned: {chosen[0]} ({sum(t.evaluations for t in e.tuning)} val. evals)"
-    return "tuned: " + "; ".join(f"d{t.index}: {c}" for t, c in zip(e.tuning, chosen))
+        return f"{chosen[0]} ({sum(t.evaluations for t in e.tuning)} val. evals)"
+    return "; ".join(f"d{t.index}: {c}" for t, c in zip(e.tuning, chosen))
 
 
 def _cells(r: dict[str, Any], markdown: bool) -> list[str]:
@@ -60,7 +65,7 @@ def render(g: GroupV2, tablefmt: str = "simple") -> str:
                     colalign=align)
 
 
-def draws_text(g: GroupV2) -> str:
+def draws_text(g: GroupV2 | TrackComparison) -> str:
     return "; ".join(f"d{d.index}: {', '.join(d.tasks)}" for d in g.draw_set.draws)
 
 
@@ -102,6 +107,78 @@ def html_section(groups: list[GroupV2], plot_name) -> str:
                      f'<h4>{html.escape(g.title)}</h4><p class="tasks">Draws: {html.escape(draws_text(g))}</p>'
                      f'<table class="v2"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
                      f'<p class="finding">{html.escape(finding(g))}</p></section>')
+    return "".join(parts)
+
+
+# ---- tuned vs default: one table per (backbone, N, draw set) on both tracks ----
+
+# The paired difference first: it is what the table is for, and it stays in view where the table scrolls.
+TRACK_HEADERS = ["Method", "Δ tuned − default", "Δ 95 % CI", "P(Δ>0)", "rank move", "default [95 % CI]",
+                 "default rank", "default data", "tuned [95 % CI]", "tuned rank", "tuned data", "tuned parameters"]
+DELTA_COLUMN = TRACK_HEADERS.index("Δ tuned − default")
+TEXT_COLUMNS = {TRACK_HEADERS.index(h) for h in ("Method", "default data", "tuned data", "tuned parameters")}
+
+
+def _mean_ci(s: dict[str, Any]) -> str:
+    return f"{s['normalized']:.2f} {_iv(s['normalized_ci95'])}"
+
+
+def _move(r: TrackRow) -> str:
+    """Places gained when tuned: ↑ climbs, ↓ falls."""
+    n = r.rank_change
+    return f"↑{n}" if n > 0 else f"↓{-n}" if n < 0 else "0"
+
+
+def _track_cells(r: TrackRow, markdown: bool) -> list[str]:
+    chosen = _chosen(r.tuned)
+    return [f"`{r.key}`" if markdown else r.key, f"{r.delta:+.2f}", _iv(r.delta_ci95), f"{r.p_delta_gt0:.2f}",
+            _move(r), _mean_ci(r.default_stats), str(r.default_stats["rank"]), r.default.data,
+            _mean_ci(r.tuned_stats), str(r.tuned_stats["rank"]), r.tuned.data,
+            chosen.replace("|", "\\|") if markdown else chosen]
+
+
+def render_tracks(c: TrackComparison, tablefmt: str = "simple") -> str:
+    align = ["left" if i in TEXT_COLUMNS else "right" for i in range(len(TRACK_HEADERS))]
+    return tabulate([_track_cells(r, tablefmt == "github") for r in c.rows], headers=TRACK_HEADERS,
+                    tablefmt=tablefmt, disable_numparse=True, colalign=align)
+
+
+def show_text_tracks(comparisons: list[TrackComparison]) -> str:
+    return "\n\n".join(f"{c.title}\n  draws: {draws_text(c)}\n{render_tracks(c)}\n{tracks_finding(c)}"
+                       for c in comparisons)
+
+
+def tracks_markdown(comparisons: list[TrackComparison]) -> list[str]:
+    lines: list[str] = []
+    for backbone in dict.fromkeys(c.backbone for c in comparisons):
+        lines += [f"### {backbone} · tuned vs default", ""]
+        for c in (x for x in comparisons if x.backbone == backbone):
+            lines += [f"#### {c.title}", "", f"Draws (seed {c.draw_set.seed}): {draws_text(c)}", "",
+                      render_tracks(c, "github"), "", tracks_finding(c), ""]
+    return lines
+
+
+def _text(column: int) -> str:
+    return ' class="text"' if column in TEXT_COLUMNS else ""
+
+
+def tracks_html(comparisons: list[TrackComparison]) -> str:
+    """Static tables; the Δ cell is classed ``gain`` or ``loss`` when its CI excludes 0."""
+    parts = []
+    for backbone in dict.fromkeys(c.backbone for c in comparisons):
+        parts.append(f"<h3>{html.escape(backbone)} · tuned vs default</h3>")
+        head = "".join(f"<th{_text(i)}>{html.escape(h)}</th>" for i, h in enumerate(TRACK_HEADERS))
+        for c in (x for x in comparisons if x.backbone == backbone):
+            body = []
+            for r in c.rows:
+                cells = [f"<td{_text(i)}>{html.escape(x)}</td>" for i, x in enumerate(_track_cells(r, False))]
+                sign = " gain" if r.delta_ci95[0] > 0 else " loss" if r.delta_ci95[1] < 0 else ""
+                cells[DELTA_COLUMN] = f'<td class="delta{sign}">{html.escape(f"{r.delta:+.2f}")}</td>'
+                body.append(f'<tr class="cmp" data-method="{html.escape(r.key)}">{"".join(cells)}</tr>')
+            parts.append(f'<section class="v2tracks" data-n="{c.n_tasks}"><h4>{html.escape(c.title)}</h4>'
+                         f'<p class="tasks">Draws: {html.escape(draws_text(c))}</p>'
+                         f'<table class="v2 tracks"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
+                         f'</table><p class="finding">{html.escape(tracks_finding(c))}</p></section>')
     return "".join(parts)
 
 

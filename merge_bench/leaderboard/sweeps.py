@@ -184,16 +184,18 @@ def _items(path: Path, pinned, problems: list, field: str) -> dict[str, Any] | N
     return json.loads(text)
 
 
-def draws_of(entries: list[Loaded]) -> list[stats.Draw]:
-    """The bootstrap draws of a folder's entries (methods keyed by method key)."""
+def draws_of(entries: list[Loaded], keys: list[str] | None = None) -> list[stats.Draw]:
+    """The bootstrap draws of entries sharing one draw set and reference rows (the first entry's), methods
+    keyed by ``keys`` in entry order (default: the method keys; two tracks' rows of one method need others)."""
     first = entries[0].entry
     metric = {t: i.metric for t, i in first.provenance.tasks.items()}
+    names = keys if keys is not None else [e.entry.method.key for e in entries]
     out = []
     for d, draw in enumerate(first.draw_set.draws):
         ref = entries[0].reference
         out.append(stats.Draw({t: stats.TaskItems("spearman" if metric[t] == "spearman" else "mean",
                                                   ref["pretrained"][t], ref["lora"][t],
-                                                  {e.entry.method.key: e.method["draws"][d]["tasks"][t] for e in entries})
+                                                  {k: e.method["draws"][d]["tasks"][t] for k, e in zip(names, entries)})
                                for t in draw.tasks}))
     return out
 
@@ -322,7 +324,8 @@ def check_entry_v2(path: Path, root: Path) -> tuple[Loaded | None, list]:
     return (loaded if not problems else None), problems
 
 
-def _fingerprint(e: EntryV2) -> dict[str, Any]:
+def fingerprint(e: EntryV2) -> dict[str, Any]:
+    """What entries compared on the same items must share: draws, reference rows, base, adapters, samples."""
     return {"draw_set": e.draw_set.model_dump(), "reference": e.items.reference.sha256, "n_tasks": e.n_tasks,
             "base": e.provenance.backbone.base_sha256,
             "adapters": {t: a.sha256 for t, a in e.provenance.adapters.items()},
@@ -340,9 +343,9 @@ def validate_v2(root: Path) -> tuple[list[Loaded], list]:
         if item is not None:
             loaded.append(item)
     for members in _folders(loaded).values():
-        first = _fingerprint(members[0].entry)
+        first = fingerprint(members[0].entry)
         for m in members[1:]:
-            mine = _fingerprint(m.entry)
+            mine = fingerprint(m.entry)
             for field in sorted(k for k in first if first[k] != mine[k]):
                 problems.append(Problem(m.path, field, f"differs from {members[0].path}: the entries of one folder "
                                         "share their draws, reference rows and inputs"))
