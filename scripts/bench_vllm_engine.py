@@ -103,11 +103,13 @@ def main() -> int:
         print(f"ratio (a) / (b): {before / after:.2f}; per-item scores "
               + ("identical" if not flipped else f"differ on {flipped} items: {differing}"))
         if args.json:
-            args.json.write_text(json.dumps({
+            from merge_bench.io.files import write_json_atomic
+
+            write_json_atomic(args.json, {
                 "model": args.model, "layers": args.layers, "device": device, "dtype": dtype, "limit": limit,
                 "tasks": jobs.tasks, "loras": len(jobs.loras), "lowrank": list(jobs.lowrank),
                 "dense": list(jobs.dense), "seconds_a": before, "seconds_b": after, "ratio": before / after,
-                "differing_items": differing}, indent=2) + "\n")
+                "differing_items": differing})
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -209,7 +211,7 @@ def build_mistral_base(dst: Path, layers: int, seed: int, device: str) -> Path:
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
-    from merge_bench.backbones.rehearsal import build_tokenizer, corpus, model_config
+    from merge_bench.backbones.rehearsal import build_tokenizer, corpus, model_config, save_model_files
     from merge_bench.io.tensors import SafetensorsStreamWriter
 
     if (dst / "model.safetensors").is_file():
@@ -231,12 +233,7 @@ def build_mistral_base(dst: Path, layers: int, seed: int, device: str) -> Path:
             else:
                 value = (torch.randn(shape, generator=gen, device=device) * 0.02).to(torch.bfloat16)
             writer.write(name, value)
-    tok.save_pretrained(tmp)
-    tok_config = json.loads((tmp / "tokenizer_config.json").read_text())
-    tok_config["tokenizer_class"] = "PreTrainedTokenizerFast"  # transformers 5 writes a name 4.x does not know
-    (tmp / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")
-    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    save_model_files(tmp, tok, config, generation)
     tmp.rename(dst)
     return dst
 

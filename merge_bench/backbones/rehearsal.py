@@ -197,6 +197,11 @@ def _auto(family: str):
 def save_model(model, dst: Path, tok, config: dict, generation: dict) -> None:
     """Weights by transformers; config files in the hub's own form (``rope_scaling``, ``torch_dtype``)."""
     model.save_pretrained(dst)
+    save_model_files(dst, tok, config, generation)
+
+
+def save_model_files(dst: Path, tok, config: dict, generation: dict) -> None:
+    """Everything of a model directory but its weights: the tokenizer, config.json and generation_config.json."""
     tok.save_pretrained(dst)
     tok_config = json.loads((dst / "tokenizer_config.json").read_text())
     tok_config["tokenizer_class"] = "PreTrainedTokenizerFast"  # transformers 5 writes its own name, unknown to 4.x

@@ -31,8 +31,7 @@ import torch
 
 from ..io.tensors import SafetensorsStreamWriter, TensorStore
 from ..merging.adapters import BaseModel, natural_key
-from ..merging.delta import dense
-from ..merging.numerics import COMPUTE_DTYPE
+from ..merging.writers import merged_weight
 
 # vLLM's worker_extension_cls: the class whose methods every worker gains.
 WORKER_EXTENSION = "merge_bench.evaluation.vllm_weights.WeightLoader"
@@ -110,7 +109,7 @@ class InPlaceWeights:
         entries = [(names[key], self.dtype, tuple(shape)) for key, shape in result.shapes.items()]
         with SafetensorsStreamWriter(out / "model.safetensors", entries) as writer:
             for key, delta in result.items():  # one merged matrix in memory at a time
-                w = self.base.get(key).to(COMPUTE_DTYPE) + dense(delta).to(COMPUTE_DTYPE)
+                w = merged_weight(self.base, key, delta)
                 del delta
                 writer.write(names[key], w.to(self.dtype))
         return set(names.values())

@@ -228,6 +228,11 @@ def _base_dtype(code: str) -> torch.dtype:
     return getattr(torch, code.removeprefix("torch."))  # a .bin store records str(torch dtype)
 
 
+def merged_weight(base, key: str, delta) -> torch.Tensor:
+    """θ_0 + Δ for one matrix in the compute dtype (float32); the caller casts it to the stored dtype."""
+    return base.get(key).to(COMPUTE_DTYPE) + dense(delta).to(COMPUTE_DTYPE)
+
+
 def _write_full(result: MergeResult, tmp: Path, report: WriteReport, progress: bool) -> None:
     base = result.base_model
     assert base is not None  # resolve_format checked it
@@ -262,7 +267,7 @@ def _write_full(result: MergeResult, tmp: Path, report: WriteReport, progress: b
                     if key in merged:
                         merged_key, delta = next(merged_items)
                         assert file_keys[merged_key] == key
-                        w = base.get(key).to(COMPUTE_DTYPE) + dense(delta).to(COMPUTE_DTYPE)
+                        w = merged_weight(base, key, delta)
                         del delta
                     else:
                         if rest is None:  # after the merge's own progress bar has finished
