@@ -17,9 +17,10 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..backbones import Backbone, get_backbone, locate, resolve
-from ..io.files import cache_root, content_hash, dir_sha256, prompts_sha256, write_json_atomic
+from ..io.files import cache_root, content_hash, dir_sha256, prompts_sha256
 from .cache import ResultCache
 from .executor import Executor, SequentialExecutor
+from .outputs import check_out_dir, save_record
 from .plan import (DEFAULT_METHODS, PROTOCOL, TRACKS, Job, MethodRun, RunConfig, build_jobs, last_throughput,
                    pick_tasks, record_throughput, resolve_methods, resolve_runtime)
 from .provenance import git_commit, hardware, versions
@@ -202,6 +203,7 @@ def dry_run(cfg: RunConfig, *, backbone: Backbone | None = None) -> dict[str, An
 
 def run_benchmark(cfg: RunConfig, *, backbone: Backbone | None = None, progress: bool = True) -> dict:
     """Run the protocol and return the run record (also written under ``cfg.out``)."""
+    check_out_dir(cfg.out)  # before the first evaluation, not after the last
     bb = backbone or get_backbone(cfg.backbone)
     prep = Prepared(cfg, bb)
     print(prep.header(), file=sys.stderr)
@@ -216,8 +218,8 @@ def run_benchmark(cfg: RunConfig, *, backbone: Backbone | None = None, progress:
         executor.close()
     record = _record(prep, executor.describe())
     path = Path(cfg.out) / f"{bb.name}-{content_hash(prep.tasks)[:8]}-{record['created'].replace(':', '')}.json"
-    write_json_atomic(path, record)
     print(results_table(record, bb.reported_for(prep.tasks)))
+    path = save_record(path, record)
     problems = record["normalization"]
     if problems["undefined"] or problems["unstable"]:
         print(f"warning: {problems['note']}", file=sys.stderr)

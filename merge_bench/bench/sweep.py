@@ -24,9 +24,10 @@ from tabulate import tabulate
 
 from .. import __version__
 from ..backbones import Backbone, get_backbone
-from ..io.files import content_hash, write_json_atomic
+from ..io.files import content_hash
 from . import stats
 from .draws import task_sets
+from .outputs import check_out_dir, save_record
 from .plan import MethodRun, RunConfig, last_throughput
 from .provenance import git_commit, hardware
 from .report import NA, stats_draw
@@ -111,6 +112,7 @@ def dry_run_sweep(cfg: RunConfig, *, backbone: Backbone | None = None) -> dict[s
 
 def run_sweep(cfg: RunConfig, *, backbone: Backbone | None = None, progress: bool = True) -> dict[str, Any]:
     """Evaluate every draw of every size, then print one table per size and write the sweep record."""
+    check_out_dir(cfg.out)  # before the first evaluation, not after the last
     bb = backbone or get_backbone(cfg.backbone)
     specs, preps = prepare_sweep(cfg, bb)
     sizes = ", ".join(f"N={n}: {sum(s.n == n for s in specs)} draw(s)" for n in cfg.sizes)
@@ -127,8 +129,8 @@ def run_sweep(cfg: RunConfig, *, backbone: Backbone | None = None, progress: boo
     record = sweep_record(cfg, bb, specs, [_record(p, executor.describe()) for p in preps])
     path = Path(cfg.out) / f"{bb.name}-sweep-{content_hash([asdict(s) for s in specs])[:8]}-" \
                            f"{record['created'].replace(':', '')}.json"
-    write_json_atomic(path, record)
     print(sweep_table(record))
+    path = save_record(path, record)
     print(f"run record: {path}", file=sys.stderr)
     return record
 
