@@ -64,7 +64,11 @@ def test_run_end_to_end_and_resume(micro_backbone, cache, tmp_path, monkeypatch,
     # The printed table has the rows and columns a user reads.
     table = results_table(record)
     lines = table.splitlines()
-    assert lines[0].split() == ["model", *tasks, "Avg.", "Normalized", "95", "%", "CI"]
+    assert lines[0].split() == ["model", *tasks, "Avg.", "Normalized", "95", "%", "CI", "Retained", "gain", "[95",
+                                "%", "CI]"]
+    # The retained gain: pretrained scores 0 on every task here, so it equals the normalized score.
+    for m in record["methods"].values():
+        assert m["retained"] == pytest.approx(m["normalized"], abs=1e-3)
     assert [l.split()[0] for l in lines[2:]] == ["pretrained", "LoRA", "simple_avg", "task_arithmetic"]
     assert table in capsys.readouterr().out
 

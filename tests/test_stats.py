@@ -206,10 +206,11 @@ def test_same_seed_same_output_and_json_shape():
     assert json.dumps(a) == json.dumps(b)
     assert a["methods"]["m1"]["normalized_ci95"] != c["methods"]["m1"]["normalized_ci95"]
     assert set(a) == {"B", "seed", "n_draws", "reference", "alpha", "leader", "tie_group", "dropped_replicates",
-                      "methods", "pretrained", "pairs", "tasks"}
+                      "methods", "pretrained", "pairs", "tasks", "retained_excluded", "retained_dropped_replicates"}
     m1 = a["methods"]["m1"]
     assert set(m1) == {"normalized", "normalized_ci95", "per_draw", "draw_sd", "delta", "delta_ci95",
-                       "p_delta_gt0", "rank", "rank_ci95", "tied_with_leader"}
+                       "p_delta_gt0", "rank", "rank_ci95", "tied_with_leader", "retained", "retained_ci95",
+                       "retained_per_draw"}
     assert len(m1["normalized_ci95"]) == 2 and m1["normalized"] == round(1550 / 18, 4)
     assert a["pairs"][0].keys() == {"a", "b", "delta", "p", "p_holm", "significant"}
     assert a["tasks"]["a@0"]["wilson95"]["lora"] == [round(v, 4) for v in wilson(3, 4)]
@@ -262,3 +263,57 @@ def test_a_task_shared_by_two_draws_keeps_its_references_and_its_own_merges():
     other_lora = TaskItems("mean", TASK_A.pretrained, [1, 1, 0, 0], a2.methods)
     with pytest.raises(ValueError, match="'a' appears in several draws"):
         bootstrap([Draw({"a": TASK_A}), Draw({"a": other_lora})], B=0)
+
+
+def test_retained_gain_matches_hand_computed_values_and_names_excluded_tasks():
+    # Task c: the LoRA (50) does not beat pretrained (50), so it is left out of the retained gain, not of normalized.
+    task_c = TaskItems("mean", [1, 0], [0, 1], {"m1": [1, 1], "simple_avg": [0, 0]})
+    draws = [Draw({"a": TASK_A, "b": TASK_B, "c": task_c}), Draw({"a": TASK_A, "s": TASK_S})]
+    r = bootstrap(draws, B=0)
+    # m1: draw 1 = (100·(50−25)/50 + 100·(75−25)/50)/2 = 75; draw 2 = (50 + 100·100/90)/2 = 725/9
+    # simple_avg: draw 1 = (100 + 100·12.5/50)/2 = 62.5; draw 2 = (100 − 100·100/90)/2 = −50/9
+    assert r.methods["m1"].retained_per_draw == pytest.approx([75, 725 / 9])
+    assert r.methods["m1"].retained == pytest.approx((75 + 725 / 9) / 2)
+    assert r.methods["simple_avg"].retained == pytest.approx((62.5 - 50 / 9) / 2)
+    assert r.pretrained.retained == 0.0
+    assert r.retained_excluded == ["c"]
+    assert r.methods["m1"].normalized == pytest.approx(((100 * 50 / 75 + 100 + 100 * 100 / 50) / 3 + 800 / 9) / 2)
+    # The CI comes from the same replicates as the normalized one: B = 0 gives the point; resampled, it
+    # brackets the point, and a plain loop over the same plan's indices gives the same interval.
+    assert r.methods["m1"].retained_ci95 == pytest.approx((r.methods["m1"].retained,) * 2)
+    full = bootstrap(draws, B=300, seed=3)
+    lo, hi = full.methods["m1"].retained_ci95
+    assert lo <= full.methods["m1"].retained <= hi and lo < hi
+    plan = make_plan(draws, B=300, seed=3)
+    loop = []
+    for b in range(300):
+        per = []
+        for d in plan.outer[b]:
+            gains = []
+            for t, items in draws[d].tasks.items():
+                if t == "c":
+                    continue
+                idx = plan.inner[t][b]
+                sub = TaskItems(items.kind, np.asarray(items.pretrained)[idx], np.asarray(items.lora)[idx],
+                                {k: np.asarray(v)[idx] for k, v in items.methods.items()})
+                s = {row: _score(items.kind, getattr(sub, row) if row != "m1" else sub.methods["m1"])
+                     for row in ("pretrained", "lora", "m1")}
+                gains.append(100 * (s["m1"] - s["pretrained"]) / (s["lora"] - s["pretrained"])
+                             if s["lora"] > s["pretrained"] else math.nan)
+            per.append(np.mean(gains))
+        loop.append(np.mean(per))
+    loop = np.asarray(loop)
+    loop = loop[~np.isnan(loop)]
+    assert full.retained_dropped_replicates == 300 - len(loop)
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(loop, [2.5, 97.5])))
+
+
+def test_retained_gain_is_na_when_a_draw_keeps_no_task():
+    task_c = TaskItems("mean", [1, 0], [0, 1], {"m1": [1, 1], "simple_avg": [0, 0]})
+    r = bootstrap([Draw({"c": task_c})], B=10)
+    assert r.methods["m1"].retained is None and r.retained_excluded == ["c"]
+
+
+def _score(kind, rows):
+    rows = np.asarray(rows, dtype=float)
+    return 100 * rows.mean() if kind == "mean" else 100 * spearman(rows[:, 0].tolist(), rows[:, 1].tolist())

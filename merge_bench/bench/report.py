@@ -35,9 +35,11 @@ def add_uncertainty(record: dict, B: int = stats.DEFAULT_B) -> None:
         return
     result = stats.bootstrap([stats_draw(record)], B=B).to_dict()
     record["stats"] = result
-    record["pretrained"]["normalized_ci95"] = result["pretrained"]["normalized_ci95"]
-    for key, m in record["methods"].items():
-        m["normalized_ci95"] = result["methods"][key]["normalized_ci95"]
+    rows = [(record["pretrained"], result["pretrained"])] + [(m, result["methods"][k]) for k, m in record["methods"].items()]
+    for row, st in rows:
+        row["normalized_ci95"] = st["normalized_ci95"]
+        row["retained"], row["retained_ci95"] = st["retained"], st["retained_ci95"]
+    record["normalization"]["retained_excluded"] = result["retained_excluded"]
 
 
 def stats_draw(record: dict) -> stats.Draw:
@@ -49,9 +51,14 @@ def stats_draw(record: dict) -> stats.Draw:
                        for t, info in record["tasks"].items()})
 
 
-def _ci(row: dict) -> str:
-    ci = row.get("normalized_ci95")
+def _ci(row: dict, field: str = "normalized_ci95") -> str:
+    ci = row.get(field)
     return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+
+
+def _retained(row: dict) -> str:
+    value = row.get("retained")
+    return "" if value is None else f"{value:.2f} {_ci(row, 'retained_ci95')}"
 
 
 def _fmt(value: float | None) -> str | float:
@@ -63,18 +70,22 @@ def results_table(record: dict, reported: Sequence[Reported] = ()) -> str:
     tasks = record["config"]["tasks"]
     norm = record.get("normalization") or {"undefined": [], "unstable": [], "note": None}
     flagged = set(norm["undefined"]) | set(norm["unstable"])
-    headers = ["model", *(f"{t}*" if t in flagged else t for t in tasks), "Avg. Normalized", "95 % CI"]
+    headers = ["model", *(f"{t}*" if t in flagged else t for t in tasks), "Avg. Normalized", "95 % CI",
+               "Retained gain [95 % CI]"]
     lora_norm = NA if norm["undefined"] else 100.0
     pre = record["pretrained"]
-    rows = [["pretrained", *(pre["scores"][t] for t in tasks), _fmt(pre["normalized"]), _ci(pre)],
-            ["LoRA", *(record["lora"]["scores"][t] for t in tasks), lora_norm, ""]]
+    rows = [["pretrained", *(pre["scores"][t] for t in tasks), _fmt(pre["normalized"]), _ci(pre), _retained(pre)],
+            ["LoRA", *(record["lora"]["scores"][t] for t in tasks), lora_norm, "", "100.00"]]
     for key, m in record["methods"].items():
-        rows.append([key, *(m["scores"][t] for t in tasks), _fmt(m["normalized"]), _ci(m)])
+        rows.append([key, *(m["scores"][t] for t in tasks), _fmt(m["normalized"]), _ci(m), _retained(m)])
     text = tabulate(rows, headers=headers, floatfmt=".2f")
     if norm["note"]:
         text += f"\n* {norm['note']}"
+    if norm.get("retained_excluded"):
+        text += (f"\nRetained gain = 100·(merged − pretrained)/(LoRA − pretrained), averaged over the tasks; left "
+                 f"out where the LoRA does not beat pretrained: {', '.join(norm['retained_excluded'])}")
     for r in reported:
-        paper = [[f"{name} (reported)", *([""] * len(tasks)), value, ""] for name, value in r.scores.items()]
+        paper = [[f"{name} (reported)", *([""] * len(tasks)), value, "", ""] for name, value in r.scores.items()]
         text += (f"\n\nReported by the STAR paper for this task set, not reproduced here ({r.source}):\n"
                  + tabulate(paper, headers=headers, floatfmt=".2f"))
     return text

@@ -23,6 +23,15 @@ Decisions where the protocol is silent:
   Holm-adjusted; a claim is significant when the adjusted p ≤ alpha. The pretrained row gets a mean, CI and SD
   but takes no part in ranks, ties or claims.
 - B = 0 means no resampling: every interval is the point estimate, P(Δ > 0) is 1 or 0, every p is 1.
+
+The retained gain, 100 · (merged − pretrained) / (LoRA − pretrained) per task, averaged like the normalized
+score (over a draw's tasks, then over the draws), gives no credit for what the untrained base already scores:
+pretrained is 0, the LoRA 100, and a merge that guesses like the base earns 0 where the normalized score gives
+it the base's share of the LoRA. Its CI comes from the same replicates (same plan, same pairing). Decisions:
+tasks where the observed LoRA does not beat pretrained are excluded from it (the denominator measures noise)
+and named in ``retained_excluded``; a replicate in which a kept task's resampled LoRA − pretrained is ≤ 0 is
+dropped from the retained CI only (``retained_dropped_replicates``); a draw with no kept task makes the
+retained gain n/a (None) for every row.
 """
 from __future__ import annotations
 
@@ -127,7 +136,10 @@ def make_plan(draws: Sequence[Draw], B: int = DEFAULT_B, seed: int = DEFAULT_SEE
 
 def identity_plan(draws: Sequence[Draw], B: int = 1) -> ResamplePlan:
     """B replicates that resample nothing (every draw once, every item once): each equals the point estimate."""
-    data = _prepare(draws)
+    return identity_plan_of(_prepare(draws), B)
+
+
+def identity_plan_of(data: "_Data", B: int = 1) -> ResamplePlan:
     outer = np.tile(np.arange(len(data.draws)), (B, 1))
     return ResamplePlan(outer, {t: np.tile(np.arange(len(v.X)), (B, 1)) for t, v in data.tasks.items()})
 
@@ -183,6 +195,41 @@ def _per_draw(data: _Data, plan: ResamplePlan) -> np.ndarray:
     """(D, B, R-1): each draw's mean of ratios per replicate, columns pretrained, *methods."""
     return np.stack([sum(_ratios(_task_scores(task, plan.inner[t])) for t, task in d.items()) / len(d)
                      for d in data.draws])
+
+
+def _gains(scores: np.ndarray) -> np.ndarray:
+    """100·(row − pretrained)/(lora − pretrained) for the non-LoRA columns; NaN where lora − pretrained ≤ 0."""
+    base = scores[:, 1:2]
+    span = scores[:, :1] - base
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g = 100.0 * (scores[:, 1:] - base) / span
+    g[span[:, 0] <= 0] = np.nan
+    return g
+
+
+def _per_draw_gain(data: _Data, plan: ResamplePlan, kept: set[str]) -> np.ndarray:
+    """(D, B, R-1): each draw's mean retained gain over its kept tasks; NaN for a draw without one."""
+    out = []
+    for d in data.draws:
+        mine = [t for t in d if t in kept]
+        if not mine:
+            out.append(np.full((plan.outer.shape[0], len(data.methods) + 1), np.nan))
+            continue
+        out.append(sum(_gains(_task_scores(d[t], plan.inner[t])) for t in mine) / len(mine))
+    return np.stack(out)
+
+
+def _retained(data: _Data, plan: ResamplePlan | None, kept: set[str]) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """(per-draw point (D, R-1), defined replicates (B', R-1), dropped count); None when a draw keeps no task."""
+    per_draw = _per_draw_gain(data, identity_plan_of(data), kept)[:, 0]
+    if np.isnan(per_draw).any():
+        return None
+    point = per_draw.mean(axis=0)
+    if plan is None:
+        return per_draw, point[None], 0
+    reps = _combine(_per_draw_gain(data, plan, kept), plan.outer)
+    keep = ~np.isnan(reps).any(axis=1)
+    return per_draw, (reps[keep] if keep.any() else point[None]), int((~keep).sum())
 
 
 def _combine(per_draw: np.ndarray, outer: np.ndarray) -> np.ndarray:
@@ -250,6 +297,9 @@ class RowStats(_Json):
     rank: int | None = None
     rank_ci95: tuple[int, int] | None = None
     tied_with_leader: bool | None = None
+    retained: float | None = None            # the retained gain (module docstring); None when n/a
+    retained_ci95: tuple[float, float] | None = None
+    retained_per_draw: list[float] | None = None
 
 
 @dataclass(frozen=True)
@@ -287,6 +337,8 @@ class BootstrapResult(_Json):
     pretrained: RowStats
     pairs: list[PairClaim]
     tasks: dict[str, TaskStats] = field(default_factory=dict)
+    retained_excluded: list[str] = field(default_factory=list)  # tasks where the LoRA does not beat pretrained
+    retained_dropped_replicates: int = 0
 
 
 def _ci(x: np.ndarray) -> tuple[float, float]:
@@ -381,11 +433,23 @@ def bootstrap(draws: Sequence[Draw], B: int = DEFAULT_B, seed: int = DEFAULT_SEE
                     per_draw=per_draw[:, c].tolist(), draw_sd=sd)
 
     names = data.methods
+    kept = {t.split("@")[0] for t, s in tasks.items() if s.lora_beats_pretrained}
+    excluded = sorted({t.split("@")[0] for t in tasks} - kept)
+    gain = _retained(data, plan, kept)
+    gain_dropped = gain[2] if gain is not None else 0
+
+    def retained(c: int) -> dict:
+        if gain is None:
+            return {}
+        per, greps, _ = gain
+        return dict(retained=float(per[:, c].mean()), retained_ci95=_ci(greps[:, c]), retained_per_draw=per[:, c].tolist())
+
     ref = names.index(reference) if reference is not None else None
     extra = _method_rows(names, point[1:], reps[:, 1:], ref)
-    methods = {n: RowStats(**base(i + 1), **extra[n]) for i, n in enumerate(names)}
+    methods = {n: RowStats(**base(i + 1), **extra[n], **retained(i + 1)) for i, n in enumerate(names)}
     tie_group = sorted((n for n in names if methods[n].tied_with_leader), key=lambda n: -methods[n].normalized)
     return BootstrapResult(B=n_reps + dropped, seed=seed_used, n_draws=len(per_draw), reference=reference,
                            alpha=alpha, leader=names[int(np.argmax(point[1:]))], tie_group=tie_group,
-                           dropped_replicates=dropped, methods=methods, pretrained=RowStats(**base(0)),
-                           pairs=_pairs(names, point[1:], reps[:, 1:], n_reps, alpha), tasks=tasks)
+                           dropped_replicates=dropped, methods=methods, pretrained=RowStats(**base(0), **retained(0)),
+                           pairs=_pairs(names, point[1:], reps[:, 1:], n_reps, alpha), tasks=tasks,
+                           retained_excluded=excluded, retained_dropped_replicates=gain_dropped)
