@@ -2,7 +2,8 @@
 
 Each subcommand lives in ``merge_bench/commands/<name>.py`` and exposes ``register(subparsers)``,
 which adds its parser and sets ``func`` to a handler taking the parsed args and returning an exit
-code. Library errors (ValueError, FileNotFoundError) become one clear line on stderr and exit 2.
+code. Library errors (ValueError, FileNotFoundError) become one clear line on stderr and exit 2; any other
+exception one line naming its type, exit 1. ``--verbose`` (or ``MERGE_BENCH_TRACEBACK=1``) shows the traceback.
 """
 from __future__ import annotations
 
@@ -33,12 +34,30 @@ def main(argv: list[str] | None = None) -> int:
     # scripts/bench_merge.py). Must be set before torch is first imported.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
+    verbose = bool(getattr(args, "verbose", False)) or os.environ.get("MERGE_BENCH_TRACEBACK") == "1"
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"merge-bench {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError, KeyError) as err:
+        if verbose:
+            raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"merge-bench {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 (a library's own error: one line, the traceback on request)
+        if verbose:
+            raise
+        hint = "rerun with --verbose" if hasattr(args, "verbose") else "set MERGE_BENCH_TRACEBACK=1"
+        print(f"merge-bench {args.command}: error: {type(err).__name__}: {one_line(str(err))} "
+              f"({hint} for the traceback)", file=sys.stderr)
+        return 1
+
+
+def one_line(text: str) -> str:
+    """A message's first non-empty line (a library's multi-line error would break the one-line rule)."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), text.strip() or "no detail")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,9 @@ PROTOCOL = "v1"
 # The default method set: the reference's methods plus the mean. `--methods all` runs every one.
 DEFAULT_METHODS = ("simple_avg", "task_arithmetic", "ties", "tall_masks", "metagpt", "star", "drm")
 TRACKS = ("default", "tuned")
+# --protocol: ours (with the fixes of the leaderboard's protocol notes), or the STAR reference's items, inputs and
+# scoring (evaluation/reference.py), only to reproduce the paper's table.
+PROTOCOLS = ("default", "reference")
 PAPER = "paper"  # `--tasks paper`: the task set the STAR README reports for the backbone
 
 
@@ -73,6 +76,7 @@ class RunConfig:
     cache_dir: Path | None = None  # result cache; None = $MERGE_BENCH_CACHE/results (check passes a fresh one)
     verbose: bool = False  # keep the libraries' own bars and notices
     track: str = "default"  # "default": every method at its defaults; "tuned": the validation search (tune.py)
+    protocol: str = "default"  # "default" | "reference" (PROTOCOLS)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
 
@@ -92,7 +96,8 @@ class Runtime:
 def resolve_runtime(backend: str, device: str, dtype: str | None, bb: Backbone) -> Runtime:
     """``--device auto``: cuda when torch sees one, else cpu. ``--backend auto``: the backbone's declared
     backend when it can run here (vLLM installed and a GPU), else hf with a notice. dtype: the backbone's
-    on a GPU, float32 on a CPU (bf16 matmuls on a CPU are slow and round differently)."""
+    on a GPU, float32 on a CPU (bf16 matmuls on a CPU are slow and round differently); float32 always under
+    ``--protocol reference`` (the reference loads every model in float32)."""
     import importlib.util
 
     if backend not in ("auto", "hf", "vllm"):
@@ -107,6 +112,11 @@ def resolve_runtime(backend: str, device: str, dtype: str | None, bb: Backbone) 
         if backend == "vllm" and (device == "cpu" or importlib.util.find_spec("vllm") is None):
             why = "no GPU" if device == "cpu" else "vLLM is not installed (pip install 'merge-bench[vllm]')"
             backend, notice = "hf", f"backbone {bb.name} declares the vllm backend; using hf ({why})"
+    if bb.protocol == "reference":
+        if dtype not in (None, "float32"):
+            raise ValueError(f"--dtype {dtype} with --protocol reference: the reference evaluates in float32; "
+                             "leave --dtype out or give float32")
+        dtype = "float32"
     if dtype is None:
         dtype = "float32" if device == "cpu" else bb.eval.dtype
     return Runtime(backend, device, dtype, notice)
@@ -163,8 +173,13 @@ def resolve_methods(names: list[str] | None, params: dict[str, dict[str, Any]]) 
         key = cls.name + ("[" + ",".join(f"{k}={v}" for k, v in sorted(changed.items())) + "]" if changed else "")
         runs.append(MethodRun(key, cls.name, spec, config, merge_code_sha256(cls), bool(cls.lowrank), cls.data))
     stray = sorted(set(params) - {r.name for r in runs} - set(names))
+    known = available_methods()
+    unknown = [m for m in stray if m not in known]
+    if unknown:
+        raise ValueError(f"--param {unknown[0]}.{next(iter(params[unknown[0]]))}=...: there is no method "
+                         f"{unknown[0]!r}; expected one of {', '.join(sorted(known))}")
     if stray:
-        raise ValueError(f"--param given for method(s) {stray} that are not being run")
+        raise ValueError(f"--param given for method(s) {stray} that are not being run (add them to --methods)")
     return runs
 
 

@@ -21,7 +21,7 @@ from ..io.files import cache_root, content_hash, dir_sha256, prompts_sha256
 from .cache import ResultCache
 from .executor import Executor, SequentialExecutor
 from .outputs import check_out_dir, save_record
-from .plan import (DEFAULT_METHODS, PROTOCOL, TRACKS, Job, MethodRun, RunConfig, build_jobs, last_throughput,
+from .plan import (DEFAULT_METHODS, PROTOCOL, PROTOCOLS, TRACKS, Job, MethodRun, RunConfig, build_jobs, last_throughput,
                    pick_tasks, record_throughput, resolve_methods, resolve_runtime)
 from .provenance import git_commit, hardware, versions
 from .report import add_uncertainty, normalization, results_table
@@ -42,8 +42,16 @@ class Prepared:
         backbone and runtime over a superset of the tasks, lends its hashes and task descriptions."""
         if cfg.track not in TRACKS:
             raise ValueError(f"unknown track {cfg.track!r}; expected one of {', '.join(TRACKS)}")
+        bb = with_protocol(bb, cfg)
         self.cfg, self.bb = cfg, bb
         self.tasks = pick_tasks(bb, cfg.n_tasks, cfg.tasks, cfg.seed)
+        if bb.protocol == "reference":
+            from ..evaluation.reference import has_reference
+
+            missing = [t for t in self.tasks if not has_reference(bb.suite, t)]
+            if missing:
+                raise ValueError(f"--protocol reference: the STAR reference does not evaluate {bb.name}'s task(s) "
+                                 f"{', '.join(missing)}; expected tasks it evaluates (e.g. --tasks paper)")
         self.tuning: dict[str, dict] | None = None  # the tuned track's searches, by method key (tune.py)
         self.methods = methods if methods is not None else resolve_methods(cfg.methods, cfg.params)
         if like is not None:
@@ -151,6 +159,15 @@ class Prepared:
     def header(self) -> str:
         return (f"backbone {self.bb.name}: {len(self.tasks)} task(s) {', '.join(self.tasks)} (seed {self.cfg.seed}); "
                 f"{self.runtime.describe()}")
+
+
+def with_protocol(bb: Backbone, cfg: RunConfig) -> Backbone:
+    """The backbone evaluated under ``cfg.protocol`` (its tasks' ``_ref`` variants under "reference")."""
+    if cfg.protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {cfg.protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+    if cfg.protocol == "reference" and cfg.track != "default":
+        raise ValueError("--protocol reference goes with --track default: the reference tunes nothing")
+    return replace(bb, protocol=cfg.protocol)
 
 
 def calibration_prompts(bb: Backbone, tasks: list[str], manager, base_dir: Path) -> dict[str, list[str]]:

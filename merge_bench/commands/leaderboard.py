@@ -28,6 +28,9 @@ def run_validate(args) -> int:
     if problems:
         print(f"leaderboard validate: {len(problems)} problem(s) in {_root(args)}", file=sys.stderr)
         return 1
+    if not entries and not loaded:
+        raise ValueError(f"no leaderboard entries under {_root(args)}; expected entry files such as "
+                         "v2/<backbone>/<track>/<set>/<method>.json (is --root the leaderboard folder?)")
     print(f"leaderboard validate: {len(loaded)} v2 and {len(entries)} v1 entries OK under {_root(args)}")
     return 0
 
@@ -44,6 +47,10 @@ def run_show(args) -> int:
     entries, loaded, problems = validate_all(_root(args))
     if problems:
         print(f"warning: {len(problems)} problem(s); run `merge-bench leaderboard validate`", file=sys.stderr)
+    known = sorted({e.entry.backbone for e in loaded} | {e.backbone for e in entries})
+    if args.backbone is not None and args.backbone not in known:
+        raise ValueError(f"--backbone {args.backbone}: no leaderboard entries under {_root(args)}; expected one of "
+                         f"{', '.join(known) or 'none (the leaderboard is empty)'}")
     groups = [g for g in group_stats(loaded, backbone=args.backbone)
               if args.track is None or g.track == args.track]
     # a comparison joins both tracks, so one asked for alone shows none
@@ -75,7 +82,7 @@ def register(sub) -> None:
         q.add_argument("--root", help="leaderboard directory (default: the repository's leaderboard/)")
         if name == "show":
             q.add_argument("--backbone", help="only this backbone")
-            q.add_argument("--track", help="only this protocol-v2 track (default)")
+            q.add_argument("--track", choices=("default", "tuned"), help="only this protocol-v2 track")
             q.add_argument("--task-set", help="only this v1 task-set id (e.g. n3-1a2b3c4d)")
             q.add_argument("--json", action="store_true",
                            help="print the protocol-v2 rows as JSON: one per (backbone, track, N, method); a tuned "

@@ -6,17 +6,54 @@ import time
 
 from ..merging import FORMATS
 
-def parse_params(items: list[str] | None) -> dict[str, str]:
-    """``["k=v", ...]`` → ``{"k": "v"}``; values stay text for the method's typed parser."""
+def parse_params(items: list[str] | None, method: str | None = None) -> dict[str, str]:
+    """``["k=v", ...]`` → ``{"k": "v"}``; values stay text for the method's typed parser. ``METHOD.k=v``, the
+    form ``run`` takes, is accepted too when METHOD is ``method`` (the method's name)."""
     params: dict[str, str] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"bad --param {item!r}: expected key=value (e.g. --param lam=0.3)")
+            raise ValueError(f"bad --param {item!r}: expected key=value or METHOD.key=value (e.g. --param lam=0.3)")
+        owner, dot, short = key.strip().rpartition(".")
+        if dot and method is not None:
+            if owner != method:
+                raise ValueError(f"--param {item!r} names method {owner!r}; expected {method!r} (the --method) "
+                                 "or no method: key=value")
+            key = short
         if key.strip() in params:
             raise ValueError(f"--param {key.strip()!r} given twice")
         params[key.strip()] = value.strip()
     return params
+
+
+def check_inputs(adapters: list[str]) -> None:
+    """A merge needs two or more distinct inputs (one input, or one given twice, is a typo or a wrong glob);
+    LoRAs that declare different base models get a warning (the same model can live under two names)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    if len(adapters) < 2:
+        raise ValueError(f"--adapters: got 1 input ({adapters[0]}); expected at least 2 to merge")
+    seen: dict[str, str] = {}
+    for spec in adapters:
+        path = Path(spec).expanduser()
+        key = str(path.resolve()) if path.exists() else spec
+        if key in seen:
+            raise ValueError(f"--adapters: {spec} is given twice (as {seen[key]} and {spec}); expected distinct inputs")
+        seen[key] = spec
+    bases = {}
+    for spec in adapters:
+        config = Path(spec).expanduser() / "adapter_config.json"
+        if config.is_file():
+            try:
+                bases[spec] = json.loads(config.read_text()).get("base_model_name_or_path")
+            except (ValueError, OSError):
+                continue  # the adapter reader reports a bad config with its file name
+    if len({b for b in bases.values() if b}) > 1:
+        listed = "; ".join(f"{spec}: {base}" for spec, base in bases.items())
+        print(f"warning: the adapters declare different base models ({listed}); merging assumes one base",
+              file=sys.stderr)
 
 
 def calibration_sets(specs: list[str], n_adapters: int, base: str | None) -> list[list[str]]:
@@ -56,8 +93,10 @@ def run(args) -> int:
     from ..merging.api import merge
     from ..merging.methods import get_method
 
-    params = parse_params(args.param)
-    get_method(args.method)(**params)  # fail on an unknown method or parameter before reading any input
+    cls = get_method(args.method)
+    params = parse_params(args.param, cls.name)
+    cls(**params)  # fail on an unknown method or parameter before reading any input
+    check_inputs(args.adapters)
     start = time.perf_counter()
     calibration = calibration_sets(args.calibration, len(args.adapters), args.base) if args.calibration else None
     result = merge(args.method, args.adapters, params=params, base=args.base, out=args.out, format=args.format,
@@ -76,7 +115,8 @@ def register(sub) -> None:
                        description="Merge task adapters into one model and write it atomically.")
     p.add_argument("--method", required=True,
                    help="a registered method (see `merge-bench methods`) or path/file.py:Class")
-    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="a method hyperparameter (repeatable)")
+    p.add_argument("--param", action="append", metavar="[METHOD.]KEY=VALUE",
+                   help="a method hyperparameter, e.g. lam=0.3 or task_arithmetic.lam=0.3 (repeatable)")
     p.add_argument("--adapters", nargs="+", required=True, metavar="DIR",
                    help="PEFT LoRA directories, full fine-tuned checkpoints, or hub ids")
     p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")

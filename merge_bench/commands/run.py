@@ -4,16 +4,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..backbones import DEFAULT_BACKBONE
+from ..bench.plan import DEFAULT_METHODS
 
 
-def parse_method_params(items: list[str]) -> dict[str, dict[str, str]]:
-    """``method.key=value`` items into {method: {key: value}} (values parsed later, typed by each Param)."""
+def parse_method_params(items: list[str], methods: list[str] | None = None) -> dict[str, dict[str, str]]:
+    """``method.key=value`` items into {method: {key: value}} (values parsed later, typed by each Param).
+    A bare ``key=value`` (the ``merge`` and ``submit`` form) is accepted when ``methods`` is one method."""
     params: dict[str, dict[str, str]] = {}
+    single = methods[0] if methods is not None and len(methods) == 1 and methods != ["all"] else None
     for item in items:
         name, eq, value = item.partition("=")
         method, dot, key = name.partition(".")
-        if not eq or not dot or not method or not key:
-            raise ValueError(f"bad --param {item!r}: expected method.key=value, e.g. star.eta=20")
+        if eq and not dot and method and single is not None:
+            method, key = single, name
+        elif not eq or not dot or not method or not key:
+            raise ValueError(f"bad --param {item!r}: expected METHOD.KEY=VALUE, e.g. star.eta=20 (KEY=VALUE alone "
+                             "only when --methods names one method)")
         params.setdefault(method, {})[key] = value
     return params
 
@@ -86,15 +92,22 @@ def config_from_args(args, methods: list[str] | None):
     n_tasks, sizes, draws = parse_sizes(args.n_tasks, args.draws)
     return RunConfig(backbone=args.backbone, n_tasks=n_tasks, sizes=sizes, draws=draws, tasks=split_list(args.tasks),
                      methods=methods,
-                     params=parse_method_params(args.param), seed=args.seed, backend=args.backend,
+                     params=parse_method_params(args.param, methods), seed=args.seed, backend=args.backend,
                      device=args.device, dtype=args.dtype, limit=args.limit, out=args.out,
                      batch_size=args.batch_size, save_merged=getattr(args, "save_merged", False),
                      verbose=args.verbose, track=getattr(args, "track", "default"),
+                     protocol=getattr(args, "protocol", "default"),
                      executor=executor_config(args))
 
 
 def run(args) -> int:
-    cfg = config_from_args(args, split_list(args.methods))
+    methods = split_list(args.methods)
+    if args.methods is not None and not methods:
+        raise ValueError(f"--methods {args.methods!r} names no method; expected 'all' or comma-separated names "
+                         f"(default: {', '.join(DEFAULT_METHODS)})")
+    if args.tasks is not None and not split_list(args.tasks):
+        raise ValueError(f"--tasks {args.tasks!r} names no task; expected comma-separated task names or 'paper'")
+    cfg = config_from_args(args, methods)
     if cfg.sizes is not None:
         from ..bench.sweep import dry_run_sweep, run_sweep
 
@@ -113,6 +126,9 @@ def register(sub) -> None:
     p.add_argument("--track", choices=("default", "tuned"), default="default",
                    help="default: every method at its defaults; tuned: each method's grid searched on the "
                         "tasks' validation variants first (at most 8 merge-evaluations), then tested at its choice")
+    p.add_argument("--protocol", choices=("default", "reference"), default="default",
+                   help="default: merge-bench's protocol with its fixes; reference: the STAR reference's items, inputs "
+                        "and scoring, to reproduce the paper's table (with --tasks paper)")
     p.add_argument("--save-merged", action="store_true", help="also write each merged model under OUT/merged/")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (tasks, methods, runtime, where each model resolves, evaluations cached "

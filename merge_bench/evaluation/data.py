@@ -102,7 +102,14 @@ def hub_split(dataset_path: str, name: str | None, split: str, revision: str | N
     """One split from the Hugging Face hub (or the datasets cache), as a list of rows."""
     import datasets
 
-    ds = datasets.load_dataset(dataset_path, name, split=split, revision=revision)
+    try:
+        ds = datasets.load_dataset(dataset_path, name, split=split, revision=revision)
+    except (ConnectionError, OSError) as err:  # requests' and huggingface_hub's network errors are OSErrors
+        raise FileNotFoundError(
+            f"dataset {dataset_path} (config {name or 'default'}, split {split}) could not be loaded from the hub "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no detail'}); expected the hub to "
+            f"be reachable, or a mirror: set {DATA_DIR_ENV} to a folder written by `merge-bench data export`"
+        ) from err
     return ds.to_list()
 
 

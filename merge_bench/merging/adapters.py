@@ -224,6 +224,8 @@ class LoraAdapter:
             self.shapes[key] = (A.shape[1], B.shape[0]) if self.fan_in_fan_out else (B.shape[0], A.shape[1])
 
     def restrict(self, targets: list[str] | None) -> None:
+        # what the adapter targets before --targets narrows it (named when a target matches nothing)
+        self.targeted = sorted({module_of(k).rsplit(".", 1)[-1] for k in self.shapes})
         dropped = [k for k in self.shapes if not matches_targets(k, targets)]
         if dropped:
             log.warning("adapter %s: %d modules outside --targets are not merged (e.g. %s)",

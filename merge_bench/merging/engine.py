@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .adapters import BaseModel, Plan, open_input, plan
+from .adapters import BaseModel, Plan, matches_targets, module_of, open_input, plan
 from .delta import Delta, LowRank
 from ..io.files import sha256_files
 from ..io.tensors import all_finite
@@ -189,6 +189,19 @@ def normalize_targets(targets: str | Sequence[str] | None) -> list[str] | None:
     return out or None
 
 
+def check_targets(targets: list[str] | None, inputs: list) -> None:
+    """ValueError naming each of ``targets`` that matches no matrix of any input (a typo would otherwise
+    merge nothing, or nothing but what the other targets match)."""
+    if not targets:
+        return
+    unmatched = [t for t in targets if not any(matches_targets(k, [t]) for s in inputs for k in s.shapes)]
+    if unmatched:
+        known = sorted({m for s in inputs for m in getattr(s, "targeted", ())}
+                       | {module_of(k).rsplit(".", 1)[-1] for s in inputs for k in s.shapes})
+        raise ValueError(f"--targets {' '.join(unmatched)}: matches no module of the inputs; expected module name "
+                         f"suffixes they target ({', '.join(known) or 'none'})")
+
+
 def versions() -> dict[str, str]:
     """Versions of the packages that shape a merge (module ``__version__`` when already imported:
     importlib.metadata scans every installed distribution and costs ~0.1 s per lookup)."""
@@ -245,7 +258,9 @@ def merge(method: MethodSpec, adapters: Sequence[Union[str, Path]], *, params: M
     targets = normalize_targets(targets)
     base_model = base if isinstance(base, BaseModel) or base is None else BaseModel(base)
     with torch_threads(threads):
-        the_plan = plan([open_input(a, base_model, targets) for a in adapters], base_model)
+        inputs = [open_input(a, base_model, targets) for a in adapters]
+        check_targets(targets, inputs)
+        the_plan = plan(inputs, base_model)
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-bench-hash")
     records = [InputRecord(s.spec, str(s.path), s.kind, hasher.submit(sha256_files, s.path, s.files))
                for s in the_plan.inputs]

@@ -61,13 +61,18 @@ def resolve_format(fmt: str, result: MergeResult) -> str:
     """The concrete format, or a ValueError saying why the requested one cannot be written."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown output format {fmt!r}; expected one of {list(FORMATS)}")
-    if fmt == "auto":
+    chosen = fmt == "auto"
+    if chosen:
         fmt = "peft" if result.is_lowrank else "full"
     if fmt == "peft" and not result.is_lowrank:
         why = "its inputs include full checkpoints" if any(i.kind == "full" for i in result.inputs) \
             else f"method {result.method!r} computes dense deltas"
         raise ValueError(f"--format peft needs a low-rank result, but {why}; use --format full (with --base)")
     if fmt == "full" and result.base_model is None:
+        if chosen:
+            raise ValueError(f"method {result.method!r} gives a dense result here, which --format auto writes as a "
+                             "full checkpoint: that needs the base model (--base); or pass --format delta to write "
+                             "only the deltas")
         raise ValueError("--format full writes a whole checkpoint and needs the base model (--base); "
                          "or use --format delta to write only the deltas")
     return fmt

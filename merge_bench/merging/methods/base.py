@@ -126,7 +126,10 @@ class MergeMethod:
             )
         self.config: dict[str, Any] = {p.name: p.default for p in self.params}
         for key, value in values.items():
-            self.config[key] = known[key].parse(value) if isinstance(value, str) else known[key].check(value)
+            try:
+                self.config[key] = known[key].parse(value) if isinstance(value, str) else known[key].check(value)
+            except ValueError as err:
+                raise ValueError(f"method {self.name!r}: {err}") from None
         self.validate()
 
     def __getattr__(self, item: str) -> Any:
