@@ -193,7 +193,7 @@ def test_overwrite(micro_loras, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    args = ["--method", "simple_avg", "--adapters", str(micro_loras[0]), "--out", str(out)]
+    args = ["--method", "simple_avg", "--adapters", str(micro_loras[0]), str(micro_loras[1]), "--out", str(out)]
     code, err = run_cli(args, capsys)
     assert code == 2 and "already exists; pass --overwrite" in err
     assert (out / "keep.txt").read_text() == "mine"

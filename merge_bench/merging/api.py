@@ -28,7 +28,7 @@ def merge(method: MethodSpec, adapters: Sequence[Union[str, Path]], *, params: M
     if format not in FORMATS:
         raise ValueError(f"unknown output format {format!r}; expected one of {list(FORMATS)}")
     if out is not None and Path(out).exists() and not overwrite:
-        raise ValueError(f"output {out} already exists; expected a new path, or --overwrite to replace it")
+        raise ValueError(f"output {out} already exists; pass --overwrite to replace it")
     result = run_merge(method, adapters, params=params, base=base, numerics=numerics, targets=targets,
                        stream=out is not None, progress=progress, threads=threads, calibration=calibration)
     if out is not None:
