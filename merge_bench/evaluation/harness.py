@@ -6,6 +6,7 @@ import hashlib
 import json
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Iterator
 from unittest import mock
 
@@ -21,6 +22,8 @@ class TaskInfo:
     version: str
     n: int
     sample_ids_sha256: str
+    # The task as evaluated, by content only (``task_sha256``): its config after includes, the documents
+    # scored and the source of its hooks; never where the YAML or the checkout lives.
     yaml_sha256: str
 
     def to_dict(self) -> dict:
@@ -75,13 +78,56 @@ def describe_tasks(backbone: Backbone, shorts: list[str], manager, limit: int | 
             raise ValueError(f"task {name}: documents {missing[:5]} have no 'mb_id' field (set in process_docs)")
         config = task.config
         version = (config.metadata or {}).get("version", "unversioned")
-        yaml_text = json.dumps(config.to_dict(keep_callable=False), sort_keys=True, default=_stable_text)
         infos[names[name]] = TaskInfo(
             short=names[name], lm_eval_task=name, version=str(version), n=len(docs),
             sample_ids_sha256=sample_ids_sha256([str(d["mb_id"]) for d in docs]),
-            yaml_sha256=hashlib.sha256(yaml_text.encode()).hexdigest(),
+            yaml_sha256=task_sha256(config, docs),
         )
     return infos
+
+
+def task_sha256(config, docs: list[dict]) -> str:
+    """A task's identity by content, the same from any checkout, wheel install or machine: its lm-eval config
+    after includes (without ``metadata.config_source``, the YAML's absolute path, and with any other absolute
+    file path replaced by that file's hash), the documents it scores, and the source files of its hooks
+    (``!function`` callables: a change to the scoring or loading code evaluates again)."""
+    content = _without_paths(config.to_dict(keep_callable=False))
+    hooks: dict[str, str] = {}
+    _hook_sources(vars(config), hooks)
+    text = json.dumps({"config": content, "docs": hashlib.sha256(json.dumps(docs, sort_keys=True, default=str)
+                                                                  .encode()).hexdigest(),
+                       "hooks": dict(sorted(hooks.items()))}, sort_keys=True, default=_stable_text)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _without_paths(value, key: str = ""):
+    if isinstance(value, dict):
+        return {k: _without_paths(v, k) for k, v in value.items() if k != "config_source"}
+    if isinstance(value, (list, tuple)):
+        return [_without_paths(v) for v in value]
+    if isinstance(value, str) and value.startswith("/") and "\n" not in value and Path(value).is_file():
+        return "sha256:" + hashlib.sha256(Path(value).read_bytes()).hexdigest()
+    return value
+
+
+def _hook_sources(value, out: dict[str, str]) -> None:
+    """``out[file name:qualified name] = sha256 of the file`` for every callable in a task config."""
+    import inspect
+
+    if isinstance(value, dict):
+        for v in value.values():
+            _hook_sources(v, out)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _hook_sources(v, out)
+    elif callable(value) and not isinstance(value, type):
+        try:
+            source = inspect.getsourcefile(value)
+        except TypeError:  # a builtin
+            return
+        if source and Path(source).is_file():
+            name = f"{Path(source).name}:{getattr(value, '__qualname__', type(value).__name__)}"
+            out[name] = hashlib.sha256(Path(source).read_bytes()).hexdigest()
 
 
 def _primary_metric(task_results: dict, task: str) -> tuple[str, float]:
