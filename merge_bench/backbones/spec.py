@@ -52,6 +52,9 @@ class Backbone:
     task_dirs: tuple[Path, ...] = ()  # extra lm-eval include paths (tests, plugins)
     paper_tasks: tuple[str, ...] = ()  # `--tasks paper`: the set the STAR README reports for this backbone
     reported: tuple[Reported, ...] = ()
+    # "default", or "reference": the STAR reference's items, inputs and scoring (evaluation/reference.py),
+    # evaluated through each task's ``_ref`` variant; set per run (``RunConfig.protocol``), never in the registry.
+    protocol: str = "default"
 
     @property
     def tasks(self) -> list[str]:
@@ -62,7 +65,7 @@ class Backbone:
         return [t for t in self.adapters if t not in self.excluded_by_default]
 
     def lm_eval_task(self, short: str) -> str:
-        return f"{self.suite}_{short}"
+        return f"{self.suite}_{short}" + ("_ref" if self.protocol == "reference" else "")
 
     def reported_for(self, tasks: list[str]) -> list[Reported]:
         return [r for r in self.reported if set(r.tasks) == set(tasks)]

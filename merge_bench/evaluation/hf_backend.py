@@ -21,12 +21,39 @@ from .quiet import quiet
 
 
 class NewTokensHFLM(HFLM):
-    """lm-eval's HFLM, with seq2seq generation capped at max_gen_toks new tokens.
+    """lm-eval's HFLM, with seq2seq generation capped at max_gen_toks new tokens and the STAR reference's
+    tokenization of long and chat inputs.
 
     lm-eval passes ``max_length = len(prompt) + max_gen_toks`` to ``generate``; for an encoder-decoder
     that bounds the *decoder*, so a T5 that emits no ``</s>`` wrote up to len(prompt) + 10 tokens where
     the protocol allows 10 (more text gives label matching more chances to hit).
+
+    Encoder inputs over ``max_length`` keep their start: the tokenizer's own truncation, which for T5 keeps
+    the first max_length − 1 tokens and ``</s>``, as the reference's ``truncation=True`` call does (lm-eval
+    keeps the last max_length tokens, cutting the start of a long imdb review instead of the instruction
+    at its end). ``double_bos`` (``--protocol reference``): a chat string that already starts with BOS is
+    tokenized with the tokenizer's BOS added again, as the reference's ``tokenizer(chat_string)`` does;
+    by default lm-eval adds none to such a string, so the model sees the one BOS it was trained with.
     """
+
+    double_bos = False
+
+    def tok_batch_encode(self, strings: list[str], padding_side: str = "left", left_truncate_len: int | None = None,
+                         truncation: bool = False):
+        if self.backend == "causal" and not self.double_bos:
+            return super().tok_batch_encode(strings, padding_side, left_truncate_len, truncation)
+        old_side, self.tokenizer.padding_side = self.tokenizer.padding_side, padding_side
+        try:
+            if self.backend == "seq2seq":
+                encoding = self.tokenizer(strings, truncation=True, max_length=self.max_length, padding="longest",
+                                          return_tensors="pt")
+            else:
+                encoding = self.tokenizer(strings, add_special_tokens=True, padding="longest", return_tensors="pt")
+                if left_truncate_len:
+                    encoding = {k: v[:, -left_truncate_len:] for k, v in encoding.items()}
+        finally:
+            self.tokenizer.padding_side = old_side
+        return encoding["input_ids"], encoding["attention_mask"]
 
     def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
         if self.backend == "seq2seq":  # the decoder's start token plus max_gen_toks new ones
@@ -57,6 +84,7 @@ class HFEvaluator:
             self.lm = NewTokensHFLM(pretrained=self.model, tokenizer=tokenizer, device=device,
                            batch_size=batch_size or backbone.eval.batch_size, max_length=backbone.eval.max_length,
                            backend="seq2seq" if backbone.seq2seq else "causal")
+        self.lm.double_bos = backbone.protocol == "reference"
         self.backbone, self.base_dir, self.manager = backbone, base_dir, manager
         self.device, self.limit, self.seed, self.verbose = device, limit, seed, verbose
 

@@ -20,7 +20,16 @@ Decisions where the protocol is silent:
 - Token F1 is SQuAD-style: lower-cased ``\\w+`` tokens, multiset overlap, the best over the gold
   references; no article removal (a qasc gold may itself be "the").
 - "Gold contained in output" uses the same word boundaries as label matching (a gold "Mary" is not
-  found inside "Maryland"), case-insensitively with whitespace runs collapsed; any reference counts.
+  found inside "Maryland"), case-insensitively with whitespace runs collapsed; any reference counts
+  (Natural Instructions' own evaluation scores against every reference; the STAR reference reads only
+  the first, which ``--protocol reference`` reproduces).
+- Options (mistral dream): an answer that *starts* with an option letter, bare or bracketed ("A", "A)",
+  "a.", "(A)", then ")", ".", ":", ",", a line break or the end), is that option, as the STAR reference
+  counts it; otherwise the first bracketed option anywhere, by label matching. A bare letter followed by a
+  space ("A man ...", "a cat") is not taken as an answer: the reference's plain ``startswith("a")`` would.
+- Spearman golds (stsb) are rounded to one decimal, as the STAR reference does: the hub stores the scores
+  as float32 (2.4 reads 2.4000000953674316), and the rounding also merges scores such as 3.75 and 3.8
+  into one rank.
 """
 from __future__ import annotations
 
@@ -87,6 +96,16 @@ def match_label(text: str, labels: LabelSpec) -> str | None:
     if found is None:
         return None
     return canonicals[found.lastindex - 1]
+
+
+def match_option(text: str, labels: LabelSpec) -> str | None:
+    """The option an answer gives (labels like "(A)", "(B)"): a leading option letter, else label matching."""
+    groups = label_groups(labels)
+    letters = {g[0].strip("()").casefold(): g[0] for g in groups}
+    lead = re.match(r"\s*\(?([^\W\d_])(?:\)|[.:,]|\s*\n|\s*$)", text)
+    if lead is not None and lead.group(1).casefold() in letters:
+        return letters[lead.group(1).casefold()]
+    return match_label(text, groups)
 
 
 def first_number(text: str, clamp: tuple[float, float] | None = None) -> float:
@@ -180,6 +199,12 @@ def process_label(doc: dict, results: Sequence[str]) -> dict[str, float]:
     return {"acc": float(predicted is not None and predicted in doc["mb_golds"])}
 
 
+def process_option(doc: dict, results: Sequence[str]) -> dict[str, float]:
+    """Accuracy for lettered options (``match_option``)."""
+    predicted = match_option(_generated(results), doc["mb_labels"])
+    return {"acc": float(predicted is not None and predicted in doc["mb_golds"])}
+
+
 def process_contains(doc: dict, results: Sequence[str]) -> dict[str, float]:
     return {"acc": float(contains_gold(_generated(results), doc["mb_golds"]))}
 
@@ -188,14 +213,19 @@ def process_token_f1(doc: dict, results: Sequence[str]) -> dict[str, float]:
     return {"f1": best_token_f1(_generated(results), doc["mb_golds"])}
 
 
+def gold_score(doc: dict) -> float:
+    """A Spearman task's gold, rounded to one decimal as the STAR reference rounds it."""
+    return round(float(doc["mb_target"]), 1)
+
+
 def process_number(doc: dict, results: Sequence[str]) -> dict[str, tuple[float, float]]:
     """(predicted, gold) for Spearman; the first number, unclamped (the flan reference)."""
-    return {"spearman": (first_number(_generated(results)), float(doc["mb_target"]))}
+    return {"spearman": (first_number(_generated(results)), gold_score(doc))}
 
 
 def process_number_clamped(doc: dict, results: Sequence[str]) -> dict[str, tuple[float, float]]:
     """(predicted, gold) for Spearman; the first number clamped to [0, 5] (the llama reference)."""
-    return {"spearman": (first_number(_generated(results), clamp=(0.0, 5.0)), float(doc["mb_target"]))}
+    return {"spearman": (first_number(_generated(results), clamp=(0.0, 5.0)), gold_score(doc))}
 
 
 def spearman_aggregation(items: Sequence[tuple[float, float]]) -> float:

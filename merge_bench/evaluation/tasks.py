@@ -11,6 +11,9 @@ Task YAML conventions (every suite, the embedded ``tiny`` one included):
 - a validation variant ``<task>_val`` (tag ``merge_bench_validation``, see ``evaluation.validation``)
   includes the test YAML and restates ``dataset_kwargs``; ``list_tasks`` leaves the variants out unless
   asked, so they never enter a backbone's pool, a suite group or a mirror export by accident;
+- a reference variant ``<task>_ref`` (tag ``merge_bench_reference``, see ``evaluation.reference``) includes
+  the test YAML and swaps in the STAR reference's draw and scoring (``--protocol reference``); like the
+  validation variants, ``list_tasks`` never lists them;
 - greedy ``generate_until`` with ``generation_kwargs.max_gen_toks``; exactly one metric.
 """
 from __future__ import annotations
@@ -25,6 +28,8 @@ from ..io.files import resource_dir
 TASKS_DIR_ENV = "MERGE_BENCH_TASKS_DIR"
 VALIDATION_TAG = "merge_bench_validation"  # evaluation.validation.TAG
 VALIDATION_SUFFIX = "_val"
+REFERENCE_TAG = "merge_bench_reference"  # evaluation.reference.TAG: the STAR reference protocol's variants
+REFERENCE_SUFFIX = "_ref"
 # Suites evaluated with plain-text prompts; every other suite goes through the chat template.
 PLAIN_TEXT_SUITES = frozenset({"flan"})
 
@@ -85,10 +90,10 @@ def _info(name: str, cfg: dict[str, Any], yaml_path: Path) -> TaskInfo:
     suite = str(meta.get("suite") or name.split("_", 1)[0])
     short = str(meta.get("short") or name.split("_", 1)[-1])
     validation_of = f"{suite}_{short}" if _is_validation(cfg) else None
-    expected = f"{suite}_{short}" + (VALIDATION_SUFFIX if validation_of else "")
+    suffix = VALIDATION_SUFFIX if validation_of else REFERENCE_SUFFIX if _has_tag(cfg, REFERENCE_TAG) else ""
+    expected = f"{suite}_{short}{suffix}"
     if name != expected:
-        raise ValueError(f"{where}: the name must be <suite>_<short>{VALIDATION_SUFFIX if validation_of else ''} "
-                         f"= {expected}")
+        raise ValueError(f"{where}: the name must be <suite>_<short>{suffix} = {expected}")
     labels = meta.get("labels") or []
     holdout = kwargs.get("holdout")
     return TaskInfo(
@@ -104,9 +109,13 @@ def _info(name: str, cfg: dict[str, Any], yaml_path: Path) -> TaskInfo:
     )
 
 
-def _is_validation(cfg: dict[str, Any]) -> bool:
+def _has_tag(cfg: dict[str, Any], tag: str) -> bool:
     tags = cfg.get("tag") or []
-    return VALIDATION_TAG in ([tags] if isinstance(tags, str) else tags)
+    return tag in ([tags] if isinstance(tags, str) else tags)
+
+
+def _is_validation(cfg: dict[str, Any]) -> bool:
+    return _has_tag(cfg, VALIDATION_TAG)
 
 
 def list_tasks(suite: str | None = None, manager=None, *, validation: bool = False) -> list[TaskInfo]:
@@ -118,7 +127,7 @@ def list_tasks(suite: str | None = None, manager=None, *, validation: bool = Fal
         cfg = entry.cfg or {}
         if entry.yaml_path is None or not isinstance(cfg.get("task"), str) or "group" in cfg or "class" in cfg:
             continue
-        if _is_validation(cfg) == validation:
+        if _is_validation(cfg) == validation and not _has_tag(cfg, REFERENCE_TAG):
             infos.append(_info(name, cfg, entry.yaml_path))
     known = sorted({i.suite for i in infos})
     if suite is not None and suite not in known:

@@ -54,6 +54,7 @@ class VLLMEvaluator:
         self.max_lora_rank, self.max_loras, self.max_cpu_loras = max_lora_rank, max_loras, max_cpu_loras
         self._ids = count(1)
         self.lm = self._engine()
+        self.lm.double_bos = backbone.protocol == "reference"
         self.weights = InPlaceWeights(self.lm.model, base_dir, parse_dtype(dtype))
 
     def _engine(self):

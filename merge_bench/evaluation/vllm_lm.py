@@ -94,7 +94,20 @@ class _Replayer:
 class VariantsVLLM(VLLM):
     """lm-eval's VLLM, which also evaluates several variants (LoRA requests, or the engine's own weights)
     with their prompts sharing the engine's batches; see the module's docstring. ``lora_request`` still
-    selects the variant of ordinary, one-at-a-time evaluations."""
+    selects the variant of ordinary, one-at-a-time evaluations.
+
+    ``double_bos`` (``--protocol reference``): prompts are tokenized with the tokenizer's BOS added even where
+    the chat string already starts with one, as the STAR reference's ``tokenizer(chat_string)`` does (lm-eval
+    adds none to such a string; see ``hf_backend.NewTokensHFLM``)."""
+
+    double_bos = False
+
+    def tok_encode(self, string, add_special_tokens=None, **kwargs):
+        if not self.double_bos or not string:
+            return super().tok_encode(string, add_special_tokens=add_special_tokens, **kwargs)
+        strings = [string] if isinstance(string, str) else list(string)
+        ids = [list(x) for x in self.tokenizer(strings, add_special_tokens=True).input_ids]
+        return ids[0] if isinstance(string, str) else ids
 
     def evaluate_variants(self, loras: Sequence[LoRARequest | None], evaluate: Callable[[int], T]) -> list[T]:
         """``evaluate(i)`` runs lm-eval on this LM for variant ``i`` (whose LoRA request is ``loras[i]``);
