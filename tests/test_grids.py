@@ -25,7 +25,14 @@ SPEC = {
     "drm": [("drop_rate", (0.8, 0.6, 0.7, 0.9)), ("coeff", (1.0, 0.8, 1.2))],
     "regmean": [("a", (0.9, 0.5, 0.1, 0.3, 0.7, 1.0))],
     "simple_avg": [], "metagpt": [],
+    "cart": [("alpha", (1.0, 2.0, 3.0, 4.0, 0.5)), ("rank_ratio", (0.04, 0.08, 0.16))],
+    "wudi": [("alpha", ALPHA)],
+    "robustmerge": [("fuse_weight", (2.0, 1.0, 1.5, 3.0)), ("keep", (0.2, 0.1, 0.3, 0.5))],
+    "pcb": [("lam", (1.2, 0.8, 1.0, 1.5, 2.0)), ("ratio", (0.1, 0.05, 0.2))],
+    "ctm": [("alpha", (0.9, 0.5, 1.2, 1.6, 2.0)), ("beta", (0.25, 0.0, 0.5, 0.75))],
 }
+# Core Space variants search their inner method's grid.
+SPEC.update({f"core_{name}": SPEC[name] for name in ("task_arithmetic", "ties", "dare", "tsv", "iso_c", "cart")})
 
 
 def test_every_builtin_has_the_spec_grid_starting_at_its_default():

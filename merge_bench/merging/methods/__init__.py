@@ -16,23 +16,35 @@ from pathlib import Path
 
 from .base import MergeMethod, ModuleStream, Param, check_grid
 from .breadcrumbs import Breadcrumbs
+from .cart import Cart
+from .core import core_variant
+from .ctm import CtM
 from .dare import Dare
 from .drm import DRM
 from .iso_c import IsoC
 from .iso_cts import IsoCTS
 from .knots import Knots
 from .metagpt import MetaGPT
+from .pcb import PCB
 from .regmean import RegMean
+from .robustmerge import RobustMerge
 from .simple_avg import SimpleAvg
 from .star import Star
+from .svc import SUFFIX as SVC_SUFFIX
+from .svc import svc_variant
 from .tall_masks import TallMasks
 from .task_arithmetic import TaskArithmetic
 from .ties import Ties
 from .tsv import TSV
+from .wudi import Wudi
+
+# Core Space variants (``core.py``): these rules run on the R×R cores of the stacked LoRA factors.
+CORE = tuple(core_variant(cls) for cls in (TaskArithmetic, Ties, Dare, TSV, IsoC, Cart))
 
 BUILTIN: tuple[type[MergeMethod], ...] = (
     SimpleAvg, TaskArithmetic, Ties, TallMasks, Dare, Breadcrumbs,
     MetaGPT, Star, DRM, Knots, TSV, IsoC, IsoCTS, RegMean,
+    Cart, Wudi, RobustMerge, PCB, CtM, *CORE,
 )
 
 __all__ = ["MergeMethod", "ModuleStream", "Param", "available_methods", "get_method", "BUILTIN"]
@@ -78,7 +90,10 @@ def load_method_file(spec: str) -> type[MergeMethod]:
 
 
 def get_method(name: str) -> type[MergeMethod]:
-    """A method class by registered name, or from a ``file.py:ClassName`` spec."""
+    """A method class by registered name, or from a ``file.py:ClassName`` spec; ``<method>+svc`` is that
+    method followed by Singular Value Calibration (``svc.py``)."""
+    if name.endswith(SVC_SUFFIX) and len(name) > len(SVC_SUFFIX):
+        return svc_variant(get_method(name[: -len(SVC_SUFFIX)]))
     if name.endswith(".py") or ".py:" in name:
         if ":" not in name.rsplit(".py", 1)[-1] and not name.rsplit(".py", 1)[-1].startswith(":"):
             raise ValueError(f"method file spec {name!r} must name a class: path/to/file.py:ClassName")
