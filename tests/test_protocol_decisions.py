@@ -76,3 +76,14 @@ def test_any_reference_counts_by_default_only_the_first_under_the_reference():
     doc = {"mb_ref_task": "mistral_ncbi", "mb_ref_gold": 0.0, "mb_ref_text": references[0]}
     assert process_reference(doc, ["a breast carcinoma was found"]) == {"acc": 0.0}
     assert process_reference(doc, ["Breast cancer"]) == {"acc": 1.0}
+
+
+def test_each_decision_has_a_protocol_note():
+    from merge_bench.leaderboard.readme import PROTOCOL_NOTES
+
+    notes = "\n".join(PROTOCOL_NOTES)
+    for topic in ("first 511 tokens and `</s>`", "Mistral dream", "stsb: the gold score is rounded", "BOS:",
+                  "Multiple references", "Items:", "dtype:", "--protocol reference"):
+        assert topic in notes, topic
+    readme = (Path(__file__).parents[1] / "leaderboard" / "README.md").read_text(encoding="utf-8")
+    assert all(f"- {note}" in readme for note in PROTOCOL_NOTES)

@@ -21,6 +21,29 @@ PROTOCOL_NOTES = (
     "the label list; we map every item's own gold.",
     "Result naming: the reference sorted tasks by first letter only and left settings (known_rank, "
     "trim) out of result names; entries here are keyed by the sorted task set and the method's full parameters.",
+    "Flan inputs over 512 tokens (imdb reviews, long boolq passages) keep their first 511 tokens and "
+    "`</s>`, as the reference's tokenizer call does (lm-eval's seq2seq path kept the last 512, cutting "
+    "the start of the review instead of the instruction at its end).",
+    "Mistral dream: an answer that starts with an option letter (`A`, `A)`, `a.`, `(A)`) is that option, "
+    "as in the reference; otherwise the first bracketed option in the answer counts. Unlike the "
+    "reference, a letter followed by a space (\"A man ...\") is not an answer: its `startswith(\"a\")` "
+    "counted every answer that begins with an a.",
+    "stsb: the gold score is rounded to one decimal, as in the reference (the hub stores float32 values, "
+    "2.4 as 2.4000000953674316).",
+    "BOS: llama and mistral see one BOS token, the one their chat template writes, as lm-eval and vLLM "
+    "feed them; the reference tokenized the templated string with the BOS added again (two BOS).",
+    "Multiple references (mistral ncbi, gap, qasc): an answer counts against any gold reference, as "
+    "Natural Instructions' own evaluation does; the reference read only the first.",
+    "Items: a seeded content-hash ranking (balanced per label where the reference balances) that does not"
+    " depend on the hub's row order; the reference drew with `random.seed(42)` and `random.sample` per "
+    "label over the hub's order. The sizes are the same and comparisons stay paired, but the items differ"
+    " from the paper's.",
+    "dtype: on a GPU, llama and mistral evaluate in bfloat16 (their published dtype); the reference used "
+    "float32.",
+    "`merge-bench run --protocol reference` reproduces the reference instead, to check the STAR README's "
+    "table: its item draw and order, float32, two BOS, its truncation, its label maps with substring "
+    "matching and the bugs above (the batch gold of flan hella and boolq, the previous item's gold, "
+    "qasc's character F1); its records say `protocol: reference`.",
 )
 
 
