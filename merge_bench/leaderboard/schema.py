@@ -286,12 +286,17 @@ class EntryV2(_Strict):
     bootstrap: BootstrapInfo
     provenance: Provenance
     tuning: list[Tuning] | None = None  # track "tuned": the search of each draw, in draw order
+    # which protocol produced it: "default", or "reference" (`run --protocol reference`, the STAR reference's
+    # items, inputs and scoring); absent in a file = default, so entries from before it keep their hashes
+    protocol: Literal["default", "reference"] = "default"
     entry_sha256: str = Sha256
 
     def _dump(self) -> dict[str, Any]:
         data = self.model_dump(mode="json")
         if data["tuning"] is None:  # a default-track entry has no such key (and hashes as before it existed)
             data.pop("tuning")
+        if data["protocol"] == "default":
+            data.pop("protocol")
         return data
 
     def content(self) -> dict[str, Any]:

@@ -131,6 +131,7 @@ def entries_from_sweep(record: Mapping[str, Any],
             }
             uses = item.get("data", "none")   # calibration data (RegMean's Grams), or none
             fields["data"] = uses
+            fields["protocol"] = config.get("protocol", "default")  # --protocol of the run
             if tuning is not None:
                 fields["tuning"] = tuning
                 fields["data"] = "validation" if uses == "none" else f"validation+{uses}"
