@@ -230,3 +230,37 @@ def record_throughput(bb: Backbone, runtime: Runtime, items_per_s: float) -> Non
 
 def _throughput_key(bb: Backbone, runtime: Runtime) -> str:
     return f"{bb.name}|{runtime.backend}|{runtime.device.split(':')[0]}"
+
+
+def protocol_n(task) -> int | None:
+    """How many items a task's protocol asks for (``evaluation.tasks.TaskInfo``): k for "rand k", k per label for
+    "bal k"; None for "all" and "bal all" (whatever the split holds)."""
+    from ..evaluation.sampling import SampleSpec
+
+    spec = SampleSpec.parse(task.sample)
+    if spec.k is None:
+        return None
+    return spec.k * len(task.labels) if spec.kind == "bal" else spec.k
+
+
+def task_sizes(bb: Backbone, infos: dict, manager, limit: int | None, plan: dict[str, Any]) -> list[str]:
+    """The dry run's per-task sizes: the protocol's n beside the items the data actually gives (``infos``: the
+    described tasks), added to ``plan`` as ``task_sizes``; a warning names the tasks whose data holds fewer."""
+    from ..evaluation.tasks import list_tasks
+
+    declared = {t.short: t for t in list_tasks(bb.suite, manager)}
+    sizes, short = {}, []
+    for name, info in infos.items():
+        want = protocol_n(declared[name]) if name in declared else None
+        sizes[name] = {"sample": declared[name].sample if name in declared else None, "protocol_n": want, "n": info.n}
+        if want is not None and info.n < want and (limit is None or info.n < limit):
+            short.append(f"{name} ({info.n} of {want})")
+    plan["task_sizes"] = sizes
+    cells = [f"{t} {s['sample']}: {'all' if s['protocol_n'] is None else s['protocol_n']} → {s['n']}"
+             for t, s in sizes.items()]
+    lines = ["items (protocol n → what the data gives" + (f", at most --limit {limit}" if limit else "") + "): "
+             + "; ".join(cells)]
+    if short:
+        lines.append(f"warning: the data holds fewer items than the protocol asks for on {len(short)} task(s): "
+                     f"{', '.join(short)}; their scores rest on fewer items (wider intervals)")
+    return lines

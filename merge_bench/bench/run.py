@@ -22,7 +22,7 @@ from .cache import ResultCache
 from .executor import Executor, SequentialExecutor
 from .outputs import check_out_dir, save_record
 from .plan import (DEFAULT_METHODS, PROTOCOL, PROTOCOLS, TRACKS, Job, MethodRun, RunConfig, build_jobs, last_throughput,
-                   pick_tasks, record_throughput, resolve_methods, resolve_runtime)
+                   pick_tasks, record_throughput, resolve_methods, resolve_runtime, task_sizes)
 from .provenance import git_commit, hardware, versions
 from .report import add_uncertainty, normalization, results_table
 from .scores import normalized_or_none
@@ -207,6 +207,7 @@ def dry_run(cfg: RunConfig, *, backbone: Backbone | None = None) -> dict[str, An
     lines.append(f"base {bb.base_id}: {base_where}")
     lines += [f"adapter {t} ({a['kind']}) {a['id']}: {a['where']}" for t, a in plan["adapters"].items()]
     lines.append(f"evaluations: {total} ({total - todo} cached, {todo} to run, {items} items)")
+    lines += task_sizes(bb, prep.infos, prep.manager, cfg.limit, plan)
     lines.append(f"executor: {cfg.executor.describe()}")
     if cfg.track == "tuned":
         lines.append(f"tuned track: first each method's grid on the validation variants of the {len(prep.tasks)} "
