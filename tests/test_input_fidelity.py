@@ -58,3 +58,12 @@ def test_bos_once_by_default_and_twice_under_the_reference(tokenizers, family):
     assert default_ids[0].tolist()[:2] != [bos, bos] and default_ids[0].tolist()[0] == bos
     assert reference_ids[0].tolist() == tok(chat).input_ids  # the reference's tokenizer(formatted_prompt)
     assert reference_ids[0].tolist()[:2] == [bos, bos]
+
+
+def test_flan_refuses_the_vllm_backend():
+    from merge_bench.backbones import get_backbone
+    from merge_bench.bench.plan import resolve_runtime
+
+    with pytest.raises(ValueError, match="encoder-decoder, which vLLM does not serve"):
+        resolve_runtime("vllm", "cuda", None, get_backbone("flan"))
+    assert resolve_runtime("auto", "cuda", None, get_backbone("flan")).backend == "hf"

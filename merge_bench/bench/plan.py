@@ -102,6 +102,9 @@ def resolve_runtime(backend: str, device: str, dtype: str | None, bb: Backbone) 
 
     if backend not in ("auto", "hf", "vllm"):
         raise ValueError(f"unknown backend {backend!r}; expected auto, hf or vllm")
+    if backend == "vllm" and bb.seq2seq:  # flan's truncation and decoding are tested on the hf backend only
+        raise ValueError(f"--backend vllm: backbone {bb.name} is an encoder-decoder, which vLLM does not serve; "
+                         "expected --backend hf (or auto)")
     if device == "auto":
         import torch
 
