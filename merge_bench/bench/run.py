@@ -26,7 +26,7 @@ from .plan import (DEFAULT_METHODS, PROTOCOL, PROTOCOLS, TRACKS, Job, MethodRun,
 from .provenance import git_commit, hardware, versions
 from .report import add_uncertainty, normalization, results_table
 from .scores import normalized_or_none
-from .tune import BUDGET as tune_budget, tune
+from .tune import search_plan, tune
 from .worker import EvaluatorSpec, MergeInput, Work
 
 __all__ = ["DEFAULT_METHODS", "PROTOCOL", "RunConfig", "pick_tasks", "resolve_methods", "results_table",
@@ -58,20 +58,30 @@ class Prepared:
             self._borrow(like)
             return
         self.runtime = resolve_runtime(cfg.backend, cfg.device, cfg.dtype, bb)
-        # A dry run downloads nothing: what is not local is "download" (None), its evaluations all to run.
-        # A locally built base (tiny) is built, dry run included: its hash keys the cached results.
-        find = (lambda id_, rev, kind: locate(id_, kind)) if dry else resolve
-        self.base_dir = bb.local_base() if bb.local_base else find(bb.base_id, bb.base_revision, "base")
-        self.adapter_dirs = {t: find(bb.adapters[t].id, bb.adapters[t].revision, bb.adapters[t].kind)
-                             for t in self.tasks}
+        # A dry run downloads and builds nothing: what is not local is "download" (None), its evaluations all
+        # to run; a locally built base that is not built yet is planned (``planned_base``); and whatever a run
+        # would not find is listed in ``missing``, every one of them, not only the first.
+        self.missing: list[str] = []
+        self.planned_base = None
+        if dry:
+            planned = getattr(bb.local_base, "planned", None)
+            self.planned_base = planned() if planned is not None else None
+            if bb.local_base is None:
+                self.base_dir = self._locate(bb.base_id, "base")
+            else:
+                self.base_dir = bb.local_base() if self.planned_base is None or self.planned_base.ready else None
+            self.adapter_dirs = {t: self._locate(bb.adapters[t].id, bb.adapters[t].kind) for t in self.tasks}
+        else:
+            self.base_dir = bb.local_base() if bb.local_base else resolve(bb.base_id, bb.base_revision, "base")
+            self.adapter_dirs = {t: resolve(bb.adapters[t].id, bb.adapters[t].revision, bb.adapters[t].kind)
+                                 for t in self.tasks}
         self.base_sha = dir_sha256(self.base_dir) if self.base_dir else None
         self.adapter_sha = {t: dir_sha256(d) if d else None for t, d in self.adapter_dirs.items()}
 
-        from ..evaluation.harness import describe_tasks
         from ..evaluation.tasks import task_manager
 
         self.manager = task_manager(bb.task_dirs)
-        self.infos = describe_tasks(bb, self.tasks, self.manager, cfg.limit)
+        self.infos = self._describe(self.tasks, dry)
         self.cache = ResultCache(cfg.cache_dir or cache_root() / "results")
         # The evaluation stack is part of a result's identity: an upgrade of any of these, or another batch
         # size (padding changes the numerics), evaluates again instead of reading back a stale score.
@@ -83,16 +93,42 @@ class Prepared:
             self.calibration = calibration_prompts(bb, self.tasks, self.manager, self.base_dir)
         self.jobs = self.make_jobs(self.methods)
 
+    def _locate(self, model_id: str, kind: str | None) -> Path | None:
+        """A dry run's ``locate``: a model a run would not find is noted in ``missing`` (None)."""
+        try:
+            return locate(model_id, kind)
+        except (FileNotFoundError, ValueError) as err:
+            self.missing.append(str(err))
+            return None
+
+    def _describe(self, tasks: list[str], dry: bool) -> dict:
+        """The tasks' descriptions; a dry run notes each task whose data cannot be read in ``missing``."""
+        from ..evaluation.harness import describe_tasks
+
+        try:
+            return describe_tasks(self.bb, tasks, self.manager, self.cfg.limit)
+        except (FileNotFoundError, ValueError):
+            if not dry:
+                raise
+        infos = {}
+        for t in tasks:  # one at a time, to name every task that fails
+            try:
+                infos.update(describe_tasks(self.bb, [t], self.manager, self.cfg.limit))
+            except (FileNotFoundError, ValueError) as err:
+                self.missing.append(f"task {t}: {err}")
+        return infos
+
     def make_jobs(self, methods: list[MethodRun]) -> list[Job]:
         return build_jobs(self.tasks, methods, self.adapter_sha,
                           {t: prompts_sha256(p) for t, p in self.calibration.items()})
 
     def _borrow(self, like: "Prepared") -> None:
-        for name in ("runtime", "base_dir", "base_sha", "manager", "cache", "versions", "stack"):
+        for name in ("runtime", "base_dir", "base_sha", "manager", "cache", "versions", "stack", "missing",
+                     "planned_base"):
             setattr(self, name, getattr(like, name))
         self.adapter_dirs = {t: like.adapter_dirs[t] for t in self.tasks}
         self.adapter_sha = {t: like.adapter_sha[t] for t in self.tasks}
-        self.infos = {t: like.infos[t] for t in self.tasks}
+        self.infos = {t: like.infos[t] for t in self.tasks if t in like.infos}  # a dry run may miss some
         self.calibration = {t: like.calibration[t] for t in self.tasks if t in like.calibration}
         self.jobs = self.make_jobs(self.methods)
 
@@ -184,12 +220,17 @@ def dry_run(cfg: RunConfig, *, backbone: Backbone | None = None) -> dict[str, An
     """Print what ``run_benchmark(cfg)`` would do and return it as a dict; loads no model, evaluates nothing."""
     bb = backbone or get_backbone(cfg.backbone)
     prep = Prepared(cfg, bb, dry=True)
+    if prep.missing:
+        refuse_missing(prep)
     pending = prep.pending()
     total = sum(len(j.tasks) for j in prep.jobs)
     todo = sum(len(ts) for ts in pending.values())
     items = sum(prep.infos[t].n for ts in pending.values() for t in ts)
     rate = last_throughput(bb, prep.runtime)
-    base_where = f"built locally: {prep.base_dir}" if bb.local_base else str(prep.base_dir or "download")
+    if prep.planned_base is not None and not prep.planned_base.ready:
+        base_where = f"built locally on the first run: {prep.planned_base.path}"
+    else:
+        base_where = f"built locally: {prep.base_dir}" if bb.local_base else str(prep.base_dir or "download")
     plan = {
         "backbone": bb.name, "tasks": prep.tasks, "runtime": asdict(prep.runtime),
         "methods": {m.key: m.config for m in prep.methods},
@@ -198,7 +239,6 @@ def dry_run(cfg: RunConfig, *, backbone: Backbone | None = None) -> dict[str, An
                          "where": str(prep.adapter_dirs[t] or "download")}
                      for t in prep.tasks},
         "evaluations": {"total": total, "cached": total - todo, "to_run": todo, "items": items},
-        "estimate_s": round(items / rate) if rate else None,
     }
     lines = [prep.header()]
     if prep.runtime.notice:
@@ -209,14 +249,41 @@ def dry_run(cfg: RunConfig, *, backbone: Backbone | None = None) -> dict[str, An
     lines.append(f"evaluations: {total} ({total - todo} cached, {todo} to run, {items} items)")
     lines += task_sizes(bb, prep.infos, prep.manager, cfg.limit, plan)
     lines.append(f"executor: {cfg.executor.describe()}")
-    if cfg.track == "tuned":
-        lines.append(f"tuned track: first each method's grid on the validation variants of the {len(prep.tasks)} "
-                     f"task(s), at most {tune_budget} merge-evaluations each (not in the counts above)")
-    estimate = (f"about {plan['estimate_s'] / 60:.1f} min at {rate:g} items/s (this machine's last run)"
-                if rate else "unknown (no run of this backbone, backend and device on this machine yet)")
-    lines.append(f"estimated time: {estimate}")
+    lines += plan_costs([prep], plan, rate)
     print("\n".join(lines))
     return plan
+
+
+def refuse_missing(prep: Prepared) -> None:
+    """A dry run's end when a run would not find its inputs: every missing one, then one error."""
+    print(prep.header())
+    print("\n".join(f"missing: {m}" for m in prep.missing))
+    raise FileNotFoundError(f"{len(prep.missing)} input(s) a run needs are missing (listed above); expected each "
+                            "at the path named")
+
+
+def plan_costs(preps: list[Prepared], plan: dict[str, Any], rate: float | None) -> list[str]:
+    """The dry run's cost lines, also added to ``plan``: the tuned track's validation search (an upper bound),
+    the base's memory and disk footprint, and the time of everything at this machine's last rate."""
+    from .estimate import footprint
+
+    prep, lines = preps[0], []
+    items = plan["evaluations"]["items"]
+    if prep.cfg.track == "tuned":
+        search = search_plan(preps)
+        plan["tuning"] = search
+        items += search["items"]
+        lines.append(f"tuned track: at most {search['evaluations']} validation evaluations first ({search['items']} "
+                     f"items): each task's LoRA on its validation variant, and per method and task set at most "
+                     f"{search['budget']} merge-evaluations on its tasks' validation variants")
+    size = footprint(prep.bb.base_id, prep.base_dir, prep.planned_base, prep.runtime.dtype)
+    plan["footprint"] = {k: v for k, v in size.items() if k != "lines"}
+    lines += size["lines"]
+    plan["estimate_s"] = round(items / rate) if rate else None
+    lines.append("estimated time: " + (f"about {plan['estimate_s'] / 60:.1f} min at {rate:g} items/s (this "
+                                       "machine's last run)" if rate else
+                                       "unknown (no run of this backbone, backend and device on this machine yet)"))
+    return lines
 
 
 def run_benchmark(cfg: RunConfig, *, backbone: Backbone | None = None, progress: bool = True) -> dict:

@@ -15,6 +15,7 @@ draws (``stats.bootstrap``: mean, CI, between-draw SD, Δ to simple_avg, ranks, 
 from __future__ import annotations
 
 import sys
+from math import comb
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +32,7 @@ from .outputs import check_out_dir, save_record
 from .plan import MethodRun, RunConfig, last_throughput
 from .provenance import git_commit, hardware
 from .report import NA, stats_draw
-from .run import Prepared, _evaluate, _record
+from .run import Prepared, _evaluate, _record, plan_costs, refuse_missing
 from .tune import tune
 
 RECORD_VERSION = 2
@@ -48,6 +49,14 @@ def plan_draws(bb: Backbone, sizes: list[int], draws: int | str, seed: int) -> l
     pool = bb.pickable_tasks
     order = {t: i for i, t in enumerate(pool)}
     sets = task_sets(pool, sizes, draws, seed)
+    for n in sizes:
+        distinct = comb(len(pool), n) if 1 <= n <= len(pool) else 0
+        if n == len(pool) and draws != 1:
+            print(f"warning: --n-tasks {n} is the whole pool of {bb.name} ({len(pool)} tasks): one task set, "
+                  f"not --draws {draws}", file=sys.stderr)
+        elif isinstance(draws, int) and draws > distinct:
+            print(f"warning: --draws {draws} at N={n}: the pool of {len(pool)} tasks has only {distinct} distinct "
+                  "sets of that size, so some draws repeat a set", file=sys.stderr)
     return [DrawSpec(n, d, sorted(s, key=order.__getitem__)) for n in sizes for d, s in enumerate(sets[n])]
 
 
@@ -85,6 +94,8 @@ def dry_run_sweep(cfg: RunConfig, *, backbone: Backbone | None = None) -> dict[s
     """Print the sweep's draws and how many evaluations it needs (shared ones counted once); evaluate nothing."""
     bb = backbone or get_backbone(cfg.backbone)
     specs, preps = prepare_sweep(cfg, bb, dry=True)
+    if preps[0].missing:
+        refuse_missing(preps[0])
     keys: dict[str, tuple[bool, int]] = {}  # evaluation -> (to run, items)
     for prep in preps:
         pending = prep.pending()
@@ -96,16 +107,14 @@ def dry_run_sweep(cfg: RunConfig, *, backbone: Backbone | None = None) -> dict[s
     plan = {"backbone": bb.name, "draws": [asdict(s) for s in specs], "runtime": asdict(preps[0].runtime),
             "methods": {m.key: m.config for m in preps[0].methods},
             "evaluations": {"total": len(keys), "cached": len(keys) - len(todo), "to_run": len(todo),
-                            "items": sum(todo)},
-            "estimate_s": round(sum(todo) / rate) if rate else None}
+                            "items": sum(todo)}}
     lines = [f"backbone {bb.name}: sweep over {len(specs)} task set(s) (seed {cfg.seed}); {preps[0].runtime.describe()}"]
     lines += [f"  N={s.n} draw {s.index}: {', '.join(s.tasks)}" for s in specs]
     lines.append("methods: " + "; ".join(f"{k} {v}" if v else k for k, v in plan["methods"].items())
                  + " (seeded methods: seed = the draw index)")
     lines.append(f"evaluations: {len(keys)} ({len(keys) - len(todo)} cached, {len(todo)} to run, {sum(todo)} items)")
     lines.append(f"executor: {cfg.executor.describe()}")
-    lines.append("estimated time: " + (f"about {plan['estimate_s'] / 60:.1f} min at {rate:g} items/s" if rate
-                                        else "unknown (no run of this backbone, backend and device here yet)"))
+    lines += plan_costs(preps, plan, rate)
     print("\n".join(lines))
     return plan
 

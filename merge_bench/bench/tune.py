@@ -106,6 +106,26 @@ def _budget_upper(grid: list[tuple[str, tuple]], budget: int) -> int:
     return min(budget, 1 + sum(len(values) - 1 for _, values in grid))
 
 
+def search_plan(preps: list["Prepared"]) -> dict[str, int]:
+    """What ``tune(preps, ...)`` evaluates at most, for a dry run: each task's LoRA on its validation variant
+    once, and per (method, task set) at most min(BUDGET, the grid's size) merge-evaluations on the set's
+    validation variants (a bound: a search stops early, and what is cached is not evaluated again)."""
+    from ..evaluation.harness import describe_tasks
+    from ..evaluation.tasks import VALIDATION_SUFFIX as val
+    from ..merging.methods import get_method
+
+    tasks = sorted({t for p in preps for t in p.tasks})
+    n = {t: i.n for t, i in describe_tasks(preps[0].bb, [f"{t}{val}" for t in tasks], preps[0].manager,
+                                           preps[0].cfg.limit).items()}
+    evaluations, items = len(tasks), sum(n[f"{t}{val}"] for t in tasks)
+    for prep in preps:
+        for m in prep.methods:
+            upper = _budget_upper(get_method(m.spec).search_grid(m.config), BUDGET)
+            evaluations += upper * len(prep.tasks)
+            items += upper * sum(n[f"{t}{val}"] for t in prep.tasks)
+    return {"evaluations": evaluations, "items": items, "budget": BUDGET}
+
+
 @dataclass
 class _Running:
     """One (method, draw) search in a run, and the merge-evaluation it waits for."""
