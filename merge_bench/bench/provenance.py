@@ -22,6 +22,31 @@ def versions() -> dict[str, str | None]:
     return out
 
 
+LOCK = Path(__file__).parents[1] / "constraints.txt"  # the evaluation stack's versions (pip constraints)
+
+
+def locked_versions(lock: Path = LOCK) -> dict[str, str]:
+    """``{distribution: version}`` from the lock (names normalized as pip does: lower case, ``_`` → ``-``)."""
+    out = {}
+    for line in lock.read_text().splitlines():
+        name, sep, pinned = line.split("#", 1)[0].strip().partition("==")
+        if sep:
+            out[name.strip().lower().replace("_", "-")] = pinned.strip()
+    return out
+
+
+def lock_mismatches(found: dict[str, str | None], lock: Path = LOCK) -> list[str]:
+    """``"transformers 5.24.0 (the lock pins 5.25.0)"`` for each recorded version that differs from the lock
+    (a local build label such as ``+cpu`` is not a difference; a package the lock does not pin is not checked)."""
+    pinned = locked_versions(lock) if lock.is_file() else {}
+    out = []
+    for name, have in found.items():
+        want = pinned.get(name.lower().replace("_", "-"))
+        if want is not None and have is not None and have.split("+")[0] != want.split("+")[0]:
+            out.append(f"{name} {have} (the lock pins {want})")
+    return out
+
+
 def hardware(device: str) -> dict[str, Any]:
     import torch
 

@@ -23,7 +23,7 @@ from .executor import Executor, SequentialExecutor
 from .outputs import check_out_dir, save_record
 from .plan import (DEFAULT_METHODS, PROTOCOL, PROTOCOLS, TRACKS, Job, MethodRun, RunConfig, build_jobs, last_throughput,
                    pick_tasks, record_throughput, resolve_methods, resolve_runtime, task_sizes)
-from .provenance import git_commit, hardware, versions
+from .provenance import LOCK, git_commit, hardware, lock_mismatches, versions
 from .report import add_uncertainty, normalization, results_table
 from .scores import normalized_or_none
 from .tune import search_plan, tune
@@ -254,6 +254,15 @@ def dry_run(cfg: RunConfig, *, backbone: Backbone | None = None) -> dict[str, An
     return plan
 
 
+def warn_unlocked(found: dict[str, str | None]) -> None:
+    """One warning when the evaluation stack differs from merge-bench's lock: scores may then differ from the
+    leaderboard's (the cache keeps them apart, the record names the versions)."""
+    drift = lock_mismatches(found)
+    if drift:
+        print(f"warning: this evaluation stack differs from merge-bench's lock ({LOCK.name}): {'; '.join(drift)}; "
+              f"scores may differ from the leaderboard's (install with pip -c {LOCK.name})", file=sys.stderr)
+
+
 def refuse_missing(prep: Prepared) -> None:
     """A dry run's end when a run would not find its inputs: every missing one, then one error."""
     print(prep.header())
@@ -294,6 +303,7 @@ def run_benchmark(cfg: RunConfig, *, backbone: Backbone | None = None, progress:
     print(prep.header(), file=sys.stderr)
     if prep.runtime.notice:
         print(f"note: {prep.runtime.notice}", file=sys.stderr)
+    warn_unlocked(prep.versions)
     executor = prep.executor()
     try:
         if cfg.track == "tuned":

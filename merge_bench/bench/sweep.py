@@ -32,7 +32,7 @@ from .outputs import check_out_dir, save_record
 from .plan import MethodRun, RunConfig, last_throughput
 from .provenance import git_commit, hardware
 from .report import NA, stats_draw
-from .run import Prepared, _evaluate, _record, plan_costs, refuse_missing
+from .run import Prepared, _evaluate, _record, plan_costs, refuse_missing, warn_unlocked
 from .tune import tune
 
 RECORD_VERSION = 2
@@ -128,6 +128,7 @@ def run_sweep(cfg: RunConfig, *, backbone: Backbone | None = None, progress: boo
     print(f"backbone {bb.name}: sweep {sizes} (seed {cfg.seed}); {preps[0].runtime.describe()}", file=sys.stderr)
     if preps[0].runtime.notice:
         print(f"note: {preps[0].runtime.notice}", file=sys.stderr)
+    warn_unlocked(preps[0].versions)
     executor = preps[0].executor()
     try:
         if cfg.track == "tuned":
