@@ -87,3 +87,38 @@ def test_each_decision_has_a_protocol_note():
         assert topic in notes, topic
     readme = (Path(__file__).parents[1] / "leaderboard" / "README.md").read_text(encoding="utf-8")
     assert all(f"- {note}" in readme for note in PROTOCOL_NOTES)
+
+
+def test_every_lots_of_loras_fixture_gold_scores_as_an_answer():
+    """The fixtures hold the real gold spellings (Profession, Not Answerable, in favor, several qasc references):
+    every row is an item under both protocols, and answering with the gold text itself scores full marks."""
+    import os
+
+    from merge_bench.evaluation.data import load_split
+    from merge_bench.evaluation.tasks import list_tasks
+
+    old = os.environ.get("MERGE_BENCH_DATA_DIR")
+    os.environ["MERGE_BENCH_DATA_DIR"] = str(FIXTURES)
+    try:
+        manager = task_manager()
+        names = [t.name for t in list_tasks("mistral", manager)]
+        with quiet():
+            loaded = manager.load(names + [f"{n}_ref" for n in names])["tasks"]
+        for info in list_tasks("mistral", manager):
+            rows = load_split(info.dataset, info.config, info.split)
+            assert all(isinstance(r["output"], list) and r["output"] for r in rows), info.name
+            assert rows[0]["input"].startswith("Definition: ") and "\n\nPositive Example 1 -\nInput: " in rows[0]["input"]
+            for variant in (info.name, f"{info.name}_ref"):
+                task = loaded[variant]
+                docs = list(task.eval_docs)
+                assert len(docs) == len(rows), variant  # no row dropped: every gold maps to a label
+                if variant.endswith("_ref"):
+                    continue  # the reference's own matching misses some (test_reference_answer_matching)
+                for doc in docs:
+                    score = task.process_results(doc, [doc["output"][0]])
+                    assert list(score.values()) == [1.0], (variant, doc["output"], score)
+    finally:
+        if old is None:
+            del os.environ["MERGE_BENCH_DATA_DIR"]
+        else:
+            os.environ["MERGE_BENCH_DATA_DIR"] = old

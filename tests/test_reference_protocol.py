@@ -205,6 +205,8 @@ def _doc(task: str, gold: float = 0.0, text: str = "") -> dict:
     ("mistral_dream", 2, "B", True),
     ("mistral_dream", 3, "(c) Take a break", True),
     ("mistral_dream", 2, "The answer is (B)", False),
+    ("mistral_disco", 11, "SINGLE_S_COORD_ANAPHORA", False),  # "single_s_coord" (class 1) is a substring
+    ("mistral_stereo", 2, "Profession", True),
 ])
 def test_reference_answer_matching(task, gold, answer, right):
     assert process_reference(_doc(task, float(gold)), [answer]) == {"acc": float(right)}
