@@ -23,7 +23,7 @@ A naive dense baseline (STAR the textbook way: dense τ_t = s·B·A, full SVD pe
 renormalize, average) runs on ``--naive-layers`` layers and ``--naive-tasks`` tasks and is scaled
 linearly to all layers and tasks; the table shows its ratio to the engine's ``star``.
 
-    nice -n 10 .venv/bin/python scripts/bench_merge.py [--layers 32] [--n 12] [--methods a,b]
+    nice -n 10 .venv/bin/python scripts/bench_merge.py [--layers 32] [--n 12] [--methods a,b,ties+svc]
         [--devices cpu,cuda] [--whole-process] [--json results.json]
 """
 from __future__ import annotations
@@ -213,13 +213,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from merge_bench.merging.methods import available_methods
+    from merge_bench.merging.methods import available_methods, get_method
 
     registry = available_methods()
     methods = sorted(registry) if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
-    unknown = [m for m in methods if m not in registry]
-    if unknown:
-        parser.error(f"unknown methods {unknown}; registered: {sorted(registry)}")
+    try:  # registered names and their <method>+svc variants
+        registry = {m: get_method(m) for m in methods}
+    except ValueError as err:
+        parser.error(str(err))
     devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_merge_"))
     try:

@@ -55,6 +55,8 @@ def test_methods_lists_the_grids(capsys):
     assert "tuned-track grid" in out
     assert "lam: 1.0, 0.6, 0.8, 1.2, 1.5, 2.0; then k: 20.0, 10.0, 30.0" in out
     assert "eta: 40.0, 20.0, 60.0, 80.0" in out
+    assert "alpha: 0.9, 0.5, 1.2, 1.6, 2.0; then beta: 0.25, 0.0, 0.5, 0.75" in out  # ctm
+    assert "\ncore_ties " in out and "ties+svc" in out and "svc_alpha=0.1" in out
 
 
 PLUGIN = """

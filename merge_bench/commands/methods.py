@@ -19,7 +19,12 @@ def method_rows() -> list[list[str]]:
 def run(args) -> int:
     from tabulate import tabulate
 
+    from ..merging.methods.svc import ALPHA as SVC_ALPHA
+    from ..merging.methods.svc import SUFFIX as SVC_SUFFIX
+
     print(tabulate(method_rows(), headers=["method", "space", "parameters (defaults)", "tuned-track grid (in search order)", "description"]))
+    print(f"\nAny method name followed by {SVC_SUFFIX} (e.g. ties{SVC_SUFFIX}) runs Singular Value Calibration on each "
+          f"merged matrix afterwards: the method's parameters and grid, plus {SVC_ALPHA.name}={SVC_ALPHA.default!r}.")
     return 0
 
 

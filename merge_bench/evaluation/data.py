@@ -178,8 +178,9 @@ def _row_labels(row: Row, labels_field: str) -> tuple[tuple[str, ...], ...] | No
 
 def build_docs(rows: Sequence[tuple[int, Row]], *, gold_field: str, id_field: str | None = None,
                labels: Sequence[Any] | None = None, labels_field: str | None = None,
-               where: str = "dataset") -> list[Row]:
-    """Documents (row + mb_* fields) for (source index, row) pairs; see the module docstring."""
+               where: str = "dataset", keep_unscored: bool = False) -> list[Row]:
+    """Documents (row + mb_* fields) for (source index, row) pairs; see the module docstring. ``keep_unscored``:
+    a row whose gold maps to no label stays, with no gold (the STAR reference's draw scores every row it drew)."""
     if labels is not None and labels_field is not None:
         raise ValueError(f"{where}: give either metadata.labels or dataset_kwargs.labels_field, not both")
     fixed = label_groups(labels) if labels is not None else None
@@ -191,10 +192,10 @@ def build_docs(rows: Sequence[tuple[int, Row]], *, gold_field: str, id_field: st
         groups = _row_labels(row, labels_field) if labels_field else fixed
         mb_id = _row_id(row, id_field, index)
         golds = _golds(row[gold_field], groups) if (groups or not labels_field) else []
-        if not golds:
+        if not golds and not keep_unscored:
             dropped.append(mb_id)
             continue
-        docs.append({**row, "mb_id": mb_id, "mb_golds": golds, "mb_target": golds[0],
+        docs.append({**row, "mb_id": mb_id, "mb_golds": golds, "mb_target": golds[0] if golds else "",
                      "mb_labels": [list(g) for g in groups or ()]})
     if dropped:
         log.warning("%s: dropped %d of %d rows whose gold maps to no label (ids %s...)", where, len(dropped),

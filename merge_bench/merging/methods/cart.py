@@ -11,7 +11,7 @@ from .base import MergeMethod, Param
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from ..delta import Delta, LowRank
+    from ..delta import Delta
     from .factor import Factors
 
 
@@ -56,40 +56,33 @@ class Cart(MergeMethod):
     def rank(self, shape: tuple[int, int]) -> int:
         return math.ceil(self.rank_ratio * min(shape))
 
-    def factors(self, deltas: list[LowRank], shape: tuple[int, int]) -> Factors:
-        """On the cores (``merge_factors``): θ̄ and the residuals are LowRanks, their SVDs exact; the
-        result is returned as one dense core (k_B × k_A), so the lifted rank stays ≤ R."""
+    def factors(self, deltas: list[Delta], shape: tuple[int, int]) -> Factors:
+        """On the cores (``merge_factors``): the same maths on k_B × k_A matrices, returned as one core
+        (its factor pair (M, I)), so the lifted rank stays ≤ R."""
         import torch
 
-        from ..delta import concat, frob_sq, svd
-        from ..numerics import SVD_DTYPE
-        from .factor import nonzero_count
-
-        T = len(deltas)
-        mean = concat([d.to(SVD_DTYPE) for d in deltas], [1.0 / T] * T)
-        # the residuals cancel to rounding noise where tasks agree: σ is measured against the inputs
-        scale = max(frob_sq(d) for d in deltas) ** 0.5
-        Bs, As = [self.alpha * mean.B], [mean.A]
-        for d in deltas:
-            U, S, Vh = svd(concat([d.to(SVD_DTYPE), mean], [1.0, -1.0]))
-            kept = min(self.rank(shape), nonzero_count(S, shape, scale))
-            Bs.append(self.alpha * self.lam * U[:, :kept].to(SVD_DTYPE) * S[:kept])
-            As.append(Vh[:kept].to(SVD_DTYPE))
-        M = torch.cat(Bs, dim=1) @ torch.cat(As, dim=0)
+        M = self.centred(deltas, shape)
         return M, torch.eye(M.shape[1], dtype=M.dtype, device=M.device)
 
     def dense(self, deltas: list[Delta], shape: tuple[int, int]) -> Tensor:
+        from ..numerics import COMPUTE_DTYPE
+
+        return self.centred(deltas, shape).to(COMPUTE_DTYPE)
+
+    def centred(self, deltas: list[Delta], shape: tuple[int, int]) -> Tensor:
+        """α·(θ̄ + λ·Σ_t SVD_k(τ_t − θ̄)) in SVD_DTYPE, with k from the ambient ``shape``."""
         import torch
 
-        from ..numerics import COMPUTE_DTYPE, SVD_DTYPE
+        from ..numerics import SVD_DTYPE
         from .factor import as_dense, nonzero_count
 
-        taus = [as_dense(d, SVD_DTYPE) for d in deltas]
-        mean = sum(taus) / len(taus)
-        scale = max(float(torch.linalg.matrix_norm(t)) for t in taus)
-        out = mean.clone()
-        for tau in taus:
-            U, S, Vh = torch.linalg.svd(tau - mean, full_matrices=False)
-            kept = min(self.rank(shape), nonzero_count(S, shape, scale))
-            out += self.lam * (U[:, :kept] * S[:kept]) @ Vh[:kept]
-        return (self.alpha * out).to(COMPUTE_DTYPE)
+        taus = torch.stack([as_dense(d, SVD_DTYPE) for d in deltas])
+        mean = taus.mean(dim=0)
+        # the residuals cancel to rounding noise where tasks agree: σ is measured against the inputs
+        scale = float(torch.linalg.matrix_norm(taus).max())
+        U, S, Vh = torch.linalg.svd(taus - mean, full_matrices=False)
+        out = mean
+        for t in range(len(deltas)):
+            kept = min(self.rank(shape), nonzero_count(S[t], shape, scale))
+            out = out + self.lam * (U[t, :, :kept] * S[t, :kept]) @ Vh[t, :kept]
+        return self.alpha * out

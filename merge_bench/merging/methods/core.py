@@ -61,7 +61,12 @@ class CoreBasis:
     WB: Tensor  # R × k_B (SVD_DTYPE)
     A: Tensor  # A_cat, R × m
     WA: Tensor  # R × k_A
-    cores: list[Tensor]  # k_B × k_A each, COMPUTE_DTYPE
+    parts: list[LowRank]  # each core as (U_Bᵀ·B_t)·(A_t·V_Aᵀ), k_B × r_t and r_t × k_A, COMPUTE_DTYPE
+
+    @property
+    def cores(self) -> list[Tensor]:
+        """The dense k_B × k_A cores, for rules that act on entries."""
+        return [p.dense() for p in self.parts]
 
     @property
     def empty(self) -> bool:
@@ -100,6 +105,7 @@ def core_basis(deltas: list[Delta], shape: tuple[int, int]) -> CoreBasis:
     """The reference's bases and cores of one matrix's task vectors (dense ones split by ``balanced``)."""
     import torch
 
+    from ..delta import LowRank
     from ..numerics import COMPUTE_DTYPE
 
     factors = [balanced(d, shape) for d in deltas]
@@ -107,12 +113,12 @@ def core_basis(deltas: list[Delta], shape: tuple[int, int]) -> CoreBasis:
     A = torch.cat([f.A.to(COMPUTE_DTYPE) for f in factors], dim=0)
     WB, CB = side_basis(B)
     WA, CA = side_basis(A.T)
-    cores, start = [], 0
+    parts, start = [], 0
     for f in factors:
         J = slice(start, start + f.rank)
-        cores.append((CB[:, J] @ CA[:, J].T).to(COMPUTE_DTYPE))
+        parts.append(LowRank(CB[:, J].to(COMPUTE_DTYPE), CA[:, J].T.to(COMPUTE_DTYPE)))
         start += f.rank
-    return CoreBasis(B, WB, A, WA, cores)
+    return CoreBasis(B, WB, A, WA, parts)
 
 
 class CoreSpace(MergeMethod):
@@ -146,7 +152,8 @@ class CoreSpace(MergeMethod):
         basis = core_basis(deltas, shape)
         if basis.empty:
             return LowRank.zeros(*shape, device=device_of(deltas[0]))
-        return basis.lift(self.rule.merge(basis.cores, key))
+        # A factor-space rule gets the cores as LowRanks (its fast path), an entry-wise one dense cores.
+        return basis.lift(self.rule.merge(basis.parts if self.inner.lowrank else basis.cores, key))
 
 
 def core_variant(inner: type[MergeMethod]) -> type[MergeMethod]:

@@ -16,8 +16,27 @@ CLIP = 0.0001  # both tails of |τ_t| clipped at 0.01 %, as the reference
 
 
 def sorted_at(x: Tensor, index: int) -> float:
-    """The reference's ``sorted(x)[index]`` (0-based, ascending) without sorting: a k-th smallest."""
-    return float(x.reshape(-1).kthvalue(index + 1).values)
+    """The reference's ``sorted(x)[index]`` (0-based, ascending) without sorting: a k-th smallest.
+
+    On the CPU by NumPy's introselect (``np.partition``): 0.08 s for a 4096×4096 matrix on 2 cores,
+    where ``torch.kthvalue`` takes 0.5 s (measured); both are exact.
+    """
+    if x.device.type != "cpu":
+        return float(x.reshape(-1).kthvalue(index + 1).values)
+    import numpy as np
+
+    return float(np.partition(x.reshape(-1).numpy(), index)[index])
+
+
+def dense_into(d: Delta, out: Tensor) -> Tensor:
+    """τ as float32 written into ``out`` (B·A formed there for a LoRA, factors cast first)."""
+    import torch
+
+    from ..delta import LowRank
+
+    if isinstance(d, LowRank):
+        return torch.matmul(d.B.float(), d.A.float(), out=out)
+    return out.copy_(d)
 
 
 def minmax(x: Tensor, low: float, high: float) -> Tensor:
@@ -43,8 +62,8 @@ class PCB(MergeMethod):
     every layer at once). Dense and entry-wise: the output is a full-rank matrix. A task that does not
     target the matrix takes no part.
 
-    Memory: Σ_s τ_s, the running numerator and denominator, and one task's τ_t and β_t at a time (five
-    n×m float32 buffers; each τ_t is rebuilt from its factors when needed).
+    Memory: Σ_s τ_s, the running numerator and denominator, and one task's τ_t, β_t and τ̂_t at a time
+    (six n×m float32 buffers; each τ_t is rebuilt from its factors when needed).
     """
 
     name = "pcb"
@@ -63,28 +82,31 @@ class PCB(MergeMethod):
     def merge(self, deltas: list[Delta], key: str) -> Delta:
         import torch
 
-        from .factor import shape_of
-        from .ops import dense32, is_zero
+        from .factor import device_of, shape_of
+        from .ops import is_zero
 
         shape = shape_of(deltas, key)
         live = [d for d in deltas if not is_zero(d)]
         if not live:
             return torch.zeros(shape, dtype=torch.float32)
         d = shape[0] * shape[1]
-        total = dense32(live[0]).clone()
-        for x in live[1:]:
-            total += dense32(x)
-        num, den = torch.zeros_like(total), torch.zeros_like(total)
+        # Six reused n×m buffers and in-place ops: a fresh 64 MiB temporary per step costs more in page
+        # faults than the arithmetic (4096×4096).
+        total, num, den, tau, mag, tmp = (torch.zeros(shape, dtype=torch.float32, device=device_of(live[0]))
+                                          for _ in range(6))
         for x in live:
-            tau = dense32(x)
-            mag = tau.abs()
+            total += dense_into(x, tau)
+        for x in live:
+            dense_into(x, tau)
+            torch.abs(tau, out=mag)
             low, high = sorted_at(mag, min(int(d * CLIP), d - 1)), sorted_at(mag, int(d * (1 - CLIP) - 1))
             mag.clamp_(low, high)
-            clipped = mag.mul(torch.sign(tau))          # τ̂_t
-            beta = minmax(mag, low, high).square_().mul_(len(live)).exp_()
-            beta.mul_(torch.tanh(tau * total))
+            torch.sign(tau, out=tmp).mul_(mag)                  # τ̂_t, the clipped task vector
+            minmax(mag, low, high).square_().mul_(len(live)).exp_()   # intra-balancing, in mag
+            torch.mul(tau, total, out=tau).tanh_()              # inter-balancing, in tau
+            beta = mag.mul_(tau)
             floor = sorted_at(beta, min(int(d * (1 - self.ratio)), d - 1))
-            beta = minmax(beta.clamp_(min=floor), floor, float(beta.max()))
-            num += beta * clipped
+            minmax(beta.clamp_(min=floor), floor, float(beta.max()))
+            num.addcmul_(beta, tmp)
             den += beta
         return num.div_(den.clamp_(min=1e-12)).mul_(self.lam)
