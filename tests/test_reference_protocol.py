@@ -289,3 +289,21 @@ def test_a_reference_run_on_the_mistral_mirror_records_its_protocol(rehearsal_en
     assert {t["lm_eval_task"] for t in ref["tasks"].values()} == {"mistral_dream_ref", "mistral_snli_ref"}
     assert ref["tasks"]["dream"]["sample_ids_sha256"] != default["tasks"]["dream"]["sample_ids_sha256"]
     assert set(ref["methods"]["simple_avg"]["scores"]) == {"dream", "snli"}
+
+
+def test_a_row_whose_gold_is_in_no_class_stays_an_item_under_the_reference(tmp_path, monkeypatch):
+    from merge_bench.evaluation.data import task_docs
+
+    kwargs = _kwargs("mistral", "ethos")
+    rows = [{"input": f"text {i}", "output": [gold], "id": f"e{i}"}
+            for i, gold in enumerate(["violence", "not violence", "unclear", "violence"])]
+    _write_rows(tmp_path, kwargs, rows)
+    monkeypatch.setenv("MERGE_BENCH_DATA_DIR", str(tmp_path))
+    assert len(task_docs(**kwargs)) == 3  # the default protocol drops the row it cannot score
+    docs = reference_docs(suite="mistral", short="ethos", **kwargs)
+    assert sorted(d["mb_id"] for d in docs) == ["e0", "e1", "e2", "e3"]
+    unclear = next(d for d in docs if d["mb_id"] == "e2")
+    assert unclear["mb_golds"] == [] and [g[0] for g in unclear["mb_labels"]] == ["not violence", "violence"]
+    order = [d["mb_id"] for d in docs]
+    previous = docs[order.index("e2") - 1]["mb_ref_gold"] if order.index("e2") else NO_GOLD
+    assert unclear["mb_ref_gold"] == previous  # the reference's carried-over gold

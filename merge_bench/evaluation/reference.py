@@ -242,16 +242,12 @@ def reference_docs(*, path: str, split: str, gold_field: str, suite: str, short:
     labels_of = [rows[i][gold_field] for i in order] if spec.kind == "bal" else None
     picked = [order[j] for j in reference_indices(len(order), spec, labels_of, suite in SHUFFLED_ALL)]
     where = f"{path} ({name or 'default'}, {split}) reference draw"
-    docs = []
+    # The reference scores every row it drew, also one whose gold is in none of our classes.
+    built = build_docs([(i, rows[i]) for i in picked], gold_field=gold_field, id_field=id_field, labels=labels,
+                       labels_field=labels_field, where=where, keep_unscored=True)
     golds = reference_golds([rows[i] for i in picked], suite, short, gold_field)
-    for i, gold in zip(picked, golds):
-        built = build_docs([(i, rows[i])], gold_field=gold_field, id_field=id_field, labels=labels,
-                           labels_field=labels_field, where=where)
-        # The reference scores every drawn row, also one whose gold is in none of our classes.
-        doc = built[0] if built else {**rows[i], "mb_id": str(rows[i][id_field]) if id_field else str(i),
-                                      "mb_golds": [], "mb_target": "", "mb_labels": [list(c) for c in labels or ()]}
-        docs.append({**doc, "mb_ref_task": f"{suite}_{short}", "mb_ref_gold": gold,
-                     "mb_ref_text": _first_reference(rows[i][gold_field])})
+    docs = [{**doc, "mb_ref_task": f"{suite}_{short}", "mb_ref_gold": gold,
+             "mb_ref_text": _first_reference(rows[i][gold_field])} for i, doc, gold in zip(picked, built, golds)]
     if not docs:
         raise ValueError(f"{where}: no document to evaluate (empty split)")
     return docs
