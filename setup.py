@@ -1,5 +1,5 @@
 """The wheel carries the top-level ``tasks/`` (lm-eval YAMLs, hooks, the embedded suite's data) and
-``adapters/tiny/`` inside the package, as ``merge_bench/_data/``, so that ``pip install merge-bench``
+``adapters/tiny/`` and ``adapters/smol/`` inside the package, as ``merge_bench/_data/``, so that ``pip install merge-bench``
 brings its tasks and its default backbone the way lm-eval's brings its own. The repository keeps them at
 the top, where the design puts them; ``io.files.resource_dir`` finds either place. Everything else is in
 pyproject.toml."""
@@ -9,7 +9,7 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-BUNDLED = ("tasks", "adapters/tiny")
+BUNDLED = ("tasks", "adapters/tiny", "adapters/smol")
 
 
 class BuildWithData(build_py):

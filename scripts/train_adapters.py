@@ -1,19 +1,25 @@
 #!/usr/bin/env python
-"""Train the embedded ``tiny`` suite's LoRA adapters (one per task).
+"""Train an embedded suite's LoRA adapters (one per task): the synthetic ``tiny`` suite or the real-data ``smol``.
 
-    train_tiny_adapters.py [--tasks a,b] [--out adapters/tiny]   # train, save, write SHA256SUMS + TRAINING.json
+    train_adapters.py --suite tiny [--tasks a,b] [--out adapters/tiny]   # train, save, SHA256SUMS + TRAINING.json
+    train_adapters.py --suite smol [--tasks a,b] [--out adapters/smol]
 
 Measure them with the product itself: ``merge-bench run --methods simple_avg`` evaluates the pretrained
-base, each adapter on its task and their simple average through lm-eval (the acceptance numbers in the
-README come from that run).
+base, each adapter on its task and their simple average through lm-eval; ``scripts/select_smol_tasks.py``
+decides which smol tasks enter the pool.
 
-One recipe for every adapter (``RECIPE``). Decisions where the brief was silent:
-- Prompts are rendered exactly as lm-eval's HF model renders them with ``apply_chat_template=True``: the row's
-  ``input`` as one user turn through the tokenizer's chat template (SmolLM2's default system prompt
+One recipe for every adapter of both suites (``RECIPE``). Decisions where the brief was silent:
+- Training examples: tiny's shipped ``train`` rows (``input`` → ``output``). smol's are the task's own
+  documents: its shipped train split less any row whose text is a test item's and less the validation
+  set carved from it (``evaluation.validation``), rendered by the task YAML's ``doc_to_text`` (the real
+  suites' prompts), answered with the gold label spelled as the prompt spells it ('Positive' where the
+  prompt asks for 'Positive' or 'Negative').
+- Prompts are rendered exactly as lm-eval's HF model renders them with ``apply_chat_template=True``: the
+  text as one user turn through the tokenizer's chat template (SmolLM2's default system prompt
   included), ``add_generation_prompt=True``, tokenized without added special tokens (the text already
   starts with the BOS ``<|im_start|>``, where lm-eval also adds none). The loss covers the answer tokens
   and the closing ``<|im_end|>`` only.
-- Each task gets its own seed (``RECIPE.seed`` + the task's position in the suite), so adapters do not
+- Each task gets its own seed (``RECIPE.seed`` + the task's position in its suite), so adapters do not
   share their random LoRA-A initialisation, as independently trained experts would not.
 - A plain PyTorch loop (AdamW, linear warm-up then linear decay, no dropout), float32, a fixed thread
   count and ``torch.use_deterministic_algorithms``: the same seed and thread count give the same bytes.
@@ -42,7 +48,6 @@ from make_tiny_data import TASK_BY_SHORT, TASKS, relpath  # noqa: E402
 
 from merge_bench.io.files import atomic_dir, atomic_write_text, sha256_file  # noqa: E402
 
-ADAPTERS_DIR = ROOT / "adapters" / "tiny"
 BASE_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # recorded in adapter_config.json instead of a local path
 MAX_NEW_TOKENS = 8  # the task YAMLs' max_gen_toks
 
@@ -64,11 +69,64 @@ class Recipe:
 RECIPE = Recipe()
 
 
+SMOL_GROUP = ROOT / "tasks" / "smol" / "merge_bench_smol.yaml"
+
+
+def suite_tasks(suite: str) -> list[str]:
+    """The suite's task short names, in suite order (the order fixes each task's seed)."""
+    if suite == "tiny":
+        return [t.short for t in TASKS]
+    if suite == "smol":
+        import yaml
+
+        return [name.removeprefix("smol_") for name in yaml.safe_load(SMOL_GROUP.read_text())["task"]]
+    raise SystemExit(f"unknown suite {suite!r}; expected tiny or smol")
+
+
 def rows(short: str, split: str, data_dir: Path = DATA_DIR) -> list[dict[str, str]]:
     path = Path(data_dir) / relpath(short, split)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; generate it with scripts/make_tiny_data.py")
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def answer_spelling(label: str, template: str) -> str:
+    """``label`` spelled as the prompt template spells it, a quoted option first ('Positive' in "... positive or
+    negative? ... Answer with 'Positive' or 'Negative'"), else as is."""
+    import re
+
+    word = rf"(?<!\w){re.escape(label)}(?!\w)"
+    found = (re.search(rf"(?<=['\"‘’]){word}(?=['\"‘’])", template, flags=re.IGNORECASE)
+             or re.search(word, template, flags=re.IGNORECASE))
+    return found.group(0) if found else label
+
+
+def smol_examples(short: str) -> list[tuple[str, str]]:
+    """(prompt text, answer) for a smol task's training documents: its train split less the test items' texts
+    and less its validation set."""
+    from merge_bench.evaluation.data import input_text, task_docs
+    from merge_bench.evaluation.quiet import quiet
+    from merge_bench.evaluation.tasks import task_manager
+    from merge_bench.evaluation.validation import carved_from_train
+
+    manager, name = task_manager(), f"smol_{short}"
+    with quiet():
+        task = manager.load([name])["tasks"][name]
+        validation = list(manager.load([f"{name}_val"])["tasks"][f"{name}_val"].eval_docs)
+    cfg = manager.task_index[name].cfg
+    kwargs, labels = dict(cfg["dataset_kwargs"]), cfg["metadata"]["labels"]
+    fields = (kwargs["gold_field"], kwargs.get("id_field"))
+    held = {input_text(d, *fields) for d in validation}
+    docs = [d for d in task_docs(**carved_from_train(kwargs, "all"), labels=labels, task=name)
+            if input_text(d, *fields) not in held]
+    template = task.config.doc_to_text
+    return [(task.doc_to_text(d), answer_spelling(d["mb_target"], template)) for d in docs]
+
+
+def examples(suite: str, short: str, data_dir: Path = DATA_DIR) -> list[tuple[str, str]]:
+    if suite == "smol":
+        return smol_examples(short)
+    return [(r["input"], r["output"]) for r in rows(short, "train", data_dir)]
 
 
 def render_prompt(tok, text: str) -> str:
@@ -133,15 +191,16 @@ def determinism(threads: int) -> Iterator[None]:
 
 
 def train_one(base_dir: Path, short: str, out_dir: Path, recipe: Recipe = RECIPE,
-              data_dir: Path = DATA_DIR, log: bool = True) -> dict:
+              data_dir: Path = DATA_DIR, log: bool = True, suite: str = "tiny") -> dict:
     """Train one task's adapter into ``out_dir`` (atomically); returns its training record."""
     from peft import LoraConfig, get_peft_model
 
     steps = recipe.steps
-    seed = recipe.seed + [t.short for t in TASKS].index(short)
+    seed = recipe.seed + suite_tasks(suite).index(short)
+    pairs = examples(suite, short, data_dir)
     with determinism(recipe.threads):
         tok, base = load_base(base_dir)
-        examples = [encode_example(tok, r["input"], r["output"]) for r in rows(short, "train", data_dir)]
+        examples_ = [encode_example(tok, text, answer) for text, answer in pairs]
         torch.manual_seed(seed)
         config = LoraConfig(r=recipe.r, lora_alpha=recipe.alpha, target_modules=list(recipe.targets),
                             lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
@@ -157,9 +216,9 @@ def train_one(base_dir: Path, short: str, out_dir: Path, recipe: Recipe = RECIPE
         start = time.perf_counter()
         for step in range(steps):
             if len(order) < recipe.batch_size:
-                order += torch.randperm(len(examples), generator=order_gen).tolist()
+                order += torch.randperm(len(examples_), generator=order_gen).tolist()
             batch, order = order[:recipe.batch_size], order[recipe.batch_size:]
-            loss = answer_loss(model, _collate([examples[i] for i in batch], tok.pad_token_id))
+            loss = answer_loss(model, _collate([examples_[i] for i in batch], tok.pad_token_id))
             loss.backward()
             opt.step()
             sched.step()
@@ -171,7 +230,7 @@ def train_one(base_dir: Path, short: str, out_dir: Path, recipe: Recipe = RECIPE
         seconds = time.perf_counter() - start
         save_adapter(model, out_dir, recipe.save_dtype)
     tail = losses[-10:]
-    return {"task": short, "seed": seed, "steps": steps, "train_examples": len(examples),
+    return {"task": short, "seed": seed, "steps": steps, "train_examples": len(examples_),
             "train_seconds": round(seconds, 1), "loss_first": round(losses[0], 4),
             "loss_last10_mean": round(sum(tail) / len(tail), 4),
             "loss_every_10": [round(v, 4) for v in losses[::10]],
@@ -219,27 +278,30 @@ def main(argv: list[str] | None = None) -> int:
     from merge_bench.backbones.tiny import ensure_tiny_base
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tasks", default=",".join(t.short for t in TASKS))
-    ap.add_argument("--out", type=Path, default=ADAPTERS_DIR)
+    ap.add_argument("--suite", choices=("tiny", "smol"), default="tiny")
+    ap.add_argument("--tasks", default=None, help="comma-separated short names (default: every task of the suite)")
+    ap.add_argument("--out", type=Path, default=None, help="default: adapters/<suite>")
     args = ap.parse_args(argv)
-    shorts = [s for s in args.tasks.split(",") if s]
-    unknown = sorted(set(shorts) - set(TASK_BY_SHORT))
+    suite = suite_tasks(args.suite)
+    shorts = [s for s in (args.tasks or ",".join(suite)).split(",") if s]
+    unknown = sorted(set(shorts) - set(suite))
     if unknown:
-        raise SystemExit(f"unknown task(s) {unknown}; valid: {', '.join(TASK_BY_SHORT)}")
+        raise SystemExit(f"unknown task(s) {unknown}; valid: {', '.join(suite)}")
+    out = args.out or ROOT / "adapters" / args.suite
     base_dir = ensure_tiny_base()
-    args.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     trained = {}
     for short in shorts:
-        trained[short] = train_one(base_dir, short, args.out / short)
+        trained[short] = train_one(base_dir, short, out / short, suite=args.suite)
         print(json.dumps(trained[short]), flush=True)
     # Training a subset keeps the other tasks' records, provided they came from the same recipe. Read after
     # training, so that processes training disjoint subsets in parallel all land in the record.
-    path = args.out / "TRAINING.json"
+    path = out / "TRAINING.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
     done = {t["task"]: t for t in previous.get("tasks", [])} if previous.get("recipe") == _recipe_json() else {}
     done |= trained
-    atomic_write_text(args.out / "SHA256SUMS", sha256sums(args.out))
-    record = {"recipe": _recipe_json(), "tasks": [done[t.short] for t in TASKS if t.short in done],
+    atomic_write_text(out / "SHA256SUMS", sha256sums(out))
+    record = {"recipe": _recipe_json(), "tasks": [done[t] for t in suite if t in done],
               "versions": _versions(), "base": base_dir.name, "machine": platform.machine()}
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))

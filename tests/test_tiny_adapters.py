@@ -26,7 +26,7 @@ def _load(name: str):
     return sys.modules[name]
 
 
-train = _load("train_tiny_adapters")
+train = _load("train_adapters")
 SHORTS = [t.short for t in train.TASKS]
 
 # SmolLM2-135M-Instruct's shape (config.json of the converted base), with a small vocabulary: the

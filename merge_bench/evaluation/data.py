@@ -2,8 +2,10 @@
 
 The offline mirror layout is ``<DATA_DIR>/<dataset_path>/<config or "default">/<split>.jsonl``, one
 JSON object per line in the hub dataset's own schema, with DATA_DIR from ``MERGE_BENCH_DATA_DIR``.
-Embedded datasets (``dataset_path`` starting with ``merge-bench/``) are always read from the
-repository's ``tasks/tiny/data`` mirror. Otherwise rows come from ``datasets.load_dataset``.
+Embedded datasets are read from a mirror shipped with the tasks: ``dataset_path`` starting with
+``merge-bench/`` (the synthetic tiny suite) from ``tasks/tiny/data``, and a task whose ``dataset_kwargs``
+say ``embedded: <folder>`` (the real-data smol suite: hub paths, configs and splits, only the root differs)
+from ``tasks/<folder>/data``. Otherwise rows come from ``datasets.load_dataset``.
 
 ``load_task_docs`` is the ``custom_dataset`` hook of every task YAML: lm-eval calls it with the task's
 ``dataset_kwargs`` and ``metadata`` as keyword arguments, and it returns a DatasetDict with one split,
@@ -59,10 +61,13 @@ def mirror_file(root: Path, dataset_path: str, name: str | None, split: str) -> 
     return Path(root).joinpath(*parts)
 
 
-def embedded_root() -> Path:
+def embedded_root(folder: str = "tiny") -> Path:
+    """The data mirror shipped in ``tasks/<folder>/data``."""
     from .tasks import tasks_dir
 
-    return tasks_dir() / "tiny" / "data"
+    if not folder or "/" in folder or folder in (".", ".."):
+        raise ValueError(f"embedded data folder {folder!r}: expected a folder name under tasks/, such as 'smol'")
+    return tasks_dir() / folder / "data"
 
 
 def read_jsonl(path: Path) -> list[Row]:
@@ -113,9 +118,12 @@ def hub_split(dataset_path: str, name: str | None, split: str, revision: str | N
     return ds.to_list()
 
 
-def load_split(dataset_path: str, name: str | None, split: str, revision: str | None = None) -> list[Row]:
+def load_split(dataset_path: str, name: str | None, split: str, revision: str | None = None,
+               embedded: str | None = None) -> list[Row]:
     """The rows of one split: embedded mirror, ``MERGE_BENCH_DATA_DIR`` mirror, or the hub."""
-    if dataset_path.startswith(EMBEDDED_PREFIX):
+    if embedded:
+        root, origin = embedded_root(embedded), f"the embedded {embedded} mirror"
+    elif dataset_path.startswith(EMBEDDED_PREFIX):
         root, origin = embedded_root(), "the embedded mirror"
     elif os.environ.get(DATA_DIR_ENV):
         root, origin = Path(os.environ[DATA_DIR_ENV]), f"{DATA_DIR_ENV}={os.environ[DATA_DIR_ENV]}"
@@ -123,7 +131,8 @@ def load_split(dataset_path: str, name: str | None, split: str, revision: str | 
         return hub_split(dataset_path, name, split, revision)
     path = mirror_file(root, dataset_path, name, split)
     if not path.is_file():
-        hint = ("build it with scripts/make_tiny_data.py" if dataset_path.startswith(EMBEDDED_PREFIX)
+        hint = ("build it with scripts/make_smol_data.py" if embedded else
+                "build it with scripts/make_tiny_data.py" if dataset_path.startswith(EMBEDDED_PREFIX)
                 else "fill the mirror with `merge-bench data export --suite S --to DIR`")
         raise FileNotFoundError(f"dataset {dataset_path} (config {name or 'default'}, split {split}): "
                                 f"expected {path} in {origin}; {hint}")
@@ -213,7 +222,8 @@ def input_text(doc: Mapping[str, Any], *fields: str | None) -> str:
 def task_docs(*, path: str, split: str, gold_field: str, name: str | None = None, sample: str = "all",
               id_field: str | None = None, labels: Sequence[Any] | None = None, labels_field: str | None = None,
               holdout: Mapping[str, Any] | None = None, revision: str | None = None,
-              disjoint_from: Mapping[str, Any] | None = None, task: str | None = None) -> list[Row]:
+              disjoint_from: Mapping[str, Any] | None = None, task: str | None = None,
+              embedded: str | None = None) -> list[Row]:
     """A task's sampled documents, in sample order.
 
     ``holdout: {test_size, seed, part}`` keeps the ``test`` part of the seeded split (default) or the
@@ -223,7 +233,7 @@ def task_docs(*, path: str, split: str, gold_field: str, name: str | None = None
     """
     where = f"{path} ({name or 'default'}, {split})"
     spec = SampleSpec.parse(sample)
-    rows = load_split(path, name, split, revision)
+    rows = load_split(path, name, split, revision, embedded)
     if holdout is not None:
         unknown = sorted(set(holdout) - {"test_size", "seed", "part"})
         if unknown:
@@ -246,7 +256,8 @@ def task_docs(*, path: str, split: str, gold_field: str, name: str | None = None
         if unknown:
             raise ValueError(f"{where}: disjoint_from keys {unknown} unknown; expected name, split, sample, holdout")
         test = task_docs(path=path, gold_field=gold_field, id_field=id_field, labels=labels,
-                         labels_field=labels_field, revision=revision, **{"name": name, **test_kwargs})
+                         labels_field=labels_field, revision=revision, embedded=embedded,
+                         **{"name": name, **test_kwargs})
         banned = {input_text(d, gold_field, id_field, labels_field) for d in test}
         if disjoint_from.get("drop_overlap"):
             before = len(docs)
@@ -268,13 +279,13 @@ def task_docs(*, path: str, split: str, gold_field: str, name: str | None = None
 def load_task_docs(*, path: str, split: str, gold_field: str, name: str | None = None, sample: str = "all",
                    id_field: str | None = None, labels_field: str | None = None,
                    holdout: Mapping[str, Any] | None = None, revision: str | None = None,
-                   labels: Sequence[Any] | None = None, **_metadata: Any):
+                   labels: Sequence[Any] | None = None, embedded: str | None = None, **_metadata: Any):
     """lm-eval ``custom_dataset`` hook: ``dataset_kwargs`` and ``metadata`` arrive as keywords
     (``labels`` is a metadata key; the other metadata, such as ``version``, is ignored here)."""
     import datasets
 
     docs = task_docs(path=path, split=split, gold_field=gold_field, name=name, sample=sample, id_field=id_field,
-                     labels=labels, labels_field=labels_field, holdout=holdout, revision=revision)
+                     labels=labels, labels_field=labels_field, holdout=holdout, revision=revision, embedded=embedded)
     return datasets.DatasetDict({TEST_SPLIT: datasets.Dataset.from_list(docs)})
 
 
@@ -282,7 +293,7 @@ def load_validation_docs(*, path: str, split: str, gold_field: str, disjoint_fro
                          name: str | None = None, sample: str = "all", id_field: str | None = None,
                          labels_field: str | None = None, holdout: Mapping[str, Any] | None = None,
                          revision: str | None = None, labels: Sequence[Any] | None = None, suite: str | None = None,
-                         short: str | None = None, **_metadata: Any):
+                         short: str | None = None, embedded: str | None = None, **_metadata: Any):
     """lm-eval ``custom_dataset`` hook of the validation variants (``evaluation.validation``): the documents of
     ``dataset_kwargs``, checked disjoint from the test items that ``disjoint_from`` names.
 
@@ -292,7 +303,8 @@ def load_validation_docs(*, path: str, split: str, gold_field: str, disjoint_fro
 
     docs = task_docs(path=path, split=split, gold_field=gold_field, name=name, sample=sample, id_field=id_field,
                      labels=labels, labels_field=labels_field, holdout=holdout, revision=revision,
-                     disjoint_from=disjoint_from, task=f"{suite}_{short}" if suite and short else None)
+                     disjoint_from=disjoint_from, task=f"{suite}_{short}" if suite and short else None,
+                     embedded=embedded)
     return datasets.DatasetDict({TEST_SPLIT: datasets.Dataset.from_list(docs)})
 
 
@@ -305,9 +317,10 @@ def export_mirror(suite: str | None, to_dir: Path, fetch: Fetch | None = None) -
     from .validation import TRAIN_CONFIG
 
     tasks = [*list_tasks(suite), *list_tasks(suite, validation=True)]  # the tuned track reads the latter
-    wanted = {(t.dataset, t.config, t.split): t.revision for t in tasks if not t.dataset.startswith(EMBEDDED_PREFIX)}
-    for t in list_tasks(suite):  # RegMean's calibration rows: each task's train split (evaluation.calibration)
-        if t.has_adapter and not t.dataset.startswith(EMBEDDED_PREFIX):
+    tasks = [t for t in tasks if not (t.embedded or t.dataset.startswith(EMBEDDED_PREFIX))]  # shipped already
+    wanted = {(t.dataset, t.config, t.split): t.revision for t in tasks}
+    for t in tasks:  # RegMean's calibration rows: each task's train split (evaluation.calibration)
+        if t.has_adapter and t.validation_of is None:
             wanted.setdefault((t.dataset, TRAIN_CONFIG.get((t.dataset, t.config), t.config), "train"), t.revision)
     written = []
     for (dataset_path, name, split), revision in sorted(wanted.items(), key=lambda kv: str(kv[0])):

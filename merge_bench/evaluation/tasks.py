@@ -56,6 +56,7 @@ class TaskInfo:
     chat_template: bool
     yaml_path: Path
     validation_of: str | None = None  # a validation variant: the test task it tunes for
+    embedded: str | None = None  # the data ships in tasks/<embedded>/data (dataset_kwargs.embedded)
 
 
 def tasks_dir() -> Path:
@@ -105,7 +106,7 @@ def _info(name: str, cfg: dict[str, Any], yaml_path: Path) -> TaskInfo:
         version=str(meta["version"]), has_adapter=bool(meta.get("has_adapter", True)),
         labels=tuple(e if isinstance(e, str) else e[0] for e in labels),
         per_item_labels="labels_field" in kwargs, chat_template=suite not in PLAIN_TEXT_SUITES,
-        yaml_path=Path(yaml_path), validation_of=validation_of,
+        yaml_path=Path(yaml_path), validation_of=validation_of, embedded=kwargs.get("embedded"),
     )
 
 

@@ -6,7 +6,7 @@ split and sample plus ``disjoint_from``, the test protocol's (config, split, sam
 
 - tiny: the shipped validation split (100 rows per task), all of it;
 - mistral (Lots-of-LoRAs): a seeded ``rand 100`` of ``valid``;
-- flan and llama (GLUE, SuperGLUE, Flan): 100 rows carved from ``train`` with the content-hash sampler,
+- flan, llama and smol (GLUE, SuperGLUE, Flan, and smol's shipped train splits): 100 rows carved from ``train`` with the content-hash sampler,
   label-balanced (``bal ⌊100 / labels⌋``) where the test sample is balanced, else ``rand 100``.
   MNLI's train lives in the ``mnli`` config (the test is ``mnli_matched``); finance, whose test is a
   10 % holdout of train, is carved from the other 90 % (``holdout.part: rest``).
@@ -32,7 +32,7 @@ SIZE = 100  # validation items per task
 
 # suite -> (split, how): "all" (the whole split), "rand" (rand 100), "carve" (100 from train)
 RULES = {"tiny": ("validation", "all"), "mistral": ("valid", "rand"), "flan": ("train", "carve"),
-         "llama": ("train", "carve")}
+         "llama": ("train", "carve"), "smol": ("train", "carve")}
 # Test configs whose training rows live in another config of the same dataset.
 TRAIN_CONFIG = {("nyu-mll/glue", "mnli_matched"): "mnli"}
 TEST_KEYS = ("name", "split", "sample", "holdout")
