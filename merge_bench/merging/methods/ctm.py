@@ -99,9 +99,13 @@ class CtM(MergeMethod):
             raise ValueError(f"ctm: p must be in [0, 1), got {self.p}")
 
     def merge(self, deltas: list[Delta], key: str) -> Delta:
+        from .core import balanced
         from .factor import merge_factors, shape_of
 
         shape = shape_of(deltas, key)
+        # A dense input (a full fine-tune) is factored exactly at its numerical rank first: the HOOI then
+        # runs on the joint cores too, instead of on n × m matrices (the same maths: it is equivariant).
+        deltas = [balanced(d, shape) for d in deltas]
         return merge_factors(deltas, shape, lambda ds: self.factors(ds, key, shape))
 
     def inner(self) -> MergeMethod:
