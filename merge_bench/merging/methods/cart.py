@@ -19,7 +19,8 @@ class Cart(MergeMethod):
     """Δ* = α·(θ̄ + λ·Σ_t SVD_k(τ_t − θ̄)), θ̄ = (1/T)·Σ_t τ_t, k = ⌈ρ·p⌉, p = min(n, m).
 
     Defaults are the reference code's (``cart_pruning_rank`` ρ = 0.04, ``cart_scaling_coeffs`` λ = 0.1);
-    α is the overall scaling the Core Space code searches on validation (default 1.0, as its other rules).
+    α is the overall scaling the Core Space code searches on validation (default 1.0, as its other rules);
+    its grid reaches above 1 because θ̄ is a mean (task arithmetic's λ = 0.4 is α = 0.4·T on it).
 
     On LoRA inputs in full space this is simple averaging (times α) whenever k ≥ R = Σ r_t: every
     τ_t − θ̄ has rank ≤ R, so nothing is truncated, and Σ_t (τ_t − θ̄) = 0. (At Mistral-7B's q, p = 4096

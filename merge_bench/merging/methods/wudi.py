@@ -53,9 +53,9 @@ class Wudi(MergeMethod):
     (T·r ≤ m), X* reproduces every τ_t exactly on its own inputs (τ_t's row space).
 
     Why not the reference's loop (Adam, lr 1e-5, 300 steps in the function, 400 in FusionBench's config,
-    from X = Σ_t τ_t): it stops far from the optimum (measured on small random LoRAs: 29 % relative
-    difference to X*) and, since Adam's per-entry steps leave the row space, returns a full-rank update
-    that no LoRA can hold. The closed form reaches the objective's minimum (a test checks it against a
+    from X = Σ_t τ_t): it stops far from the optimum and, since Adam's per-entry steps leave the row
+    space, returns a full-rank update that no LoRA can hold (three random rank-4 LoRAs of 64×48: 400 steps
+    end 43 % from X*, at rank 48 where X* has rank 12). The closed form reaches the objective's minimum (a test checks it against a
     long gradient run). Non-matrix parameters do not occur here (only targeted matrices are merged).
     Decisions: a task that does not target the matrix (τ_t = 0) is left out of both sums; directions of
     Σ_t G_t below float32 rounding count as zero (``pinv_psd``). α is the reference's
