@@ -5,10 +5,15 @@ from rehearsal import rehearsal_env  # noqa: F401  (a fixture)
 
 
 def test_protocol_n_of_each_sample_spec():
-    assert protocol_n(get_task("flan_mnli")) == 1200  # bal 400 × 3 labels
-    assert protocol_n(get_task("mistral_wino")) == 200  # rand 200
-    assert protocol_n(get_task("mistral_ethos")) is None  # all
-    assert protocol_n(get_task("flan_rte")) is None  # bal all
+    def n(name: str) -> int | None:
+        task = get_task(name)
+        return protocol_n(task.sample, len(task.labels))
+
+    assert n("flan_mnli") == 1200  # bal 400 × 3 labels
+    assert n("mistral_wino") == 200  # rand 200
+    assert n("mistral_ethos") is None  # all
+    assert n("flan_rte") is None  # bal all
+    assert protocol_n("bal 10", 0) is None  # classes not declared: unknown
 
 
 def test_dry_run_warns_where_the_data_holds_fewer_items(rehearsal_env, monkeypatch, capsys, tmp_path):

@@ -235,27 +235,27 @@ def _throughput_key(bb: Backbone, runtime: Runtime) -> str:
     return f"{bb.name}|{runtime.backend}|{runtime.device.split(':')[0]}"
 
 
-def protocol_n(task) -> int | None:
-    """How many items a task's protocol asks for (``evaluation.tasks.TaskInfo``): k for "rand k", k per label for
-    "bal k"; None for "all" and "bal all" (whatever the split holds)."""
+def protocol_n(sample: str, n_labels: int) -> int | None:
+    """How many items a task's sample spec asks for: k for "rand k", k per label for "bal k" (``n_labels``
+    classes); None for "all", "bal all" and a balanced task whose classes are not declared (whatever the data holds)."""
     from ..evaluation.sampling import SampleSpec
 
-    spec = SampleSpec.parse(task.sample)
-    if spec.k is None:
+    spec = SampleSpec.parse(sample)
+    if spec.k is None or (spec.kind == "bal" and n_labels == 0):
         return None
-    return spec.k * len(task.labels) if spec.kind == "bal" else spec.k
+    return spec.k * n_labels if spec.kind == "bal" else spec.k
 
 
 def task_sizes(bb: Backbone, infos: dict, manager, limit: int | None, plan: dict[str, Any]) -> list[str]:
     """The dry run's per-task sizes: the protocol's n beside the items the data actually gives (``infos``: the
-    described tasks), added to ``plan`` as ``task_sizes``; a warning names the tasks whose data holds fewer."""
-    from ..evaluation.tasks import list_tasks
-
-    declared = {t.short: t for t in list_tasks(bb.suite, manager)}
+    described tasks), added to ``plan`` as ``task_sizes``; a warning names the tasks whose data holds fewer.
+    A task without our ``dataset_kwargs.sample`` (a plain lm-eval YAML) has no protocol n."""
     sizes, short = {}, []
     for name, info in infos.items():
-        want = protocol_n(declared[name]) if name in declared else None
-        sizes[name] = {"sample": declared[name].sample if name in declared else None, "protocol_n": want, "n": info.n}
+        cfg = manager.task_index[info.lm_eval_task].cfg or {}
+        sample = (cfg.get("dataset_kwargs") or {}).get("sample")
+        want = protocol_n(str(sample), len((cfg.get("metadata") or {}).get("labels") or [])) if sample else None
+        sizes[name] = {"sample": sample, "protocol_n": want, "n": info.n}
         if want is not None and info.n < want and (limit is None or info.n < limit):
             short.append(f"{name} ({info.n} of {want})")
     plan["task_sizes"] = sizes
