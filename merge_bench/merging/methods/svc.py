@@ -37,12 +37,16 @@ def calibrate(merged: Delta, deltas: list[Delta], alpha: float, shape: tuple[int
     if k == 0 or not live:
         return merged
     U, S, Vh = U[:, :k].to(SVD_DTYPE), S[:k].to(SVD_DTYPE), Vh[:k].to(SVD_DTYPE)
-    merged_rows = S[:, None] * Vh  # u_rᵀ·ΔW, one row per r
     total = torch.zeros_like(S)
     for d in live:
-        rows = left_project(U, d)  # u_rᵀ·τ_t
-        norm = rows.pow(2).sum(dim=1)
-        s = (merged_rows * rows).sum(dim=1) / torch.where(norm > 0, norm, 1.0)
+        if isinstance(d, LowRank):  # u_rᵀ·B·A: ⟨·, σ_r·v_r⟩ and ‖·‖² from k×r products, no k×m row
+            P, A = U.T @ d.B.to(SVD_DTYPE), d.A.to(SVD_DTYPE)
+            inner = S * (P * (Vh @ A.T)).sum(dim=1)
+            norm = ((P @ (A @ A.T)) * P).sum(dim=1)
+        else:
+            rows = left_project(U, d)  # u_rᵀ·τ_t
+            inner, norm = (S[:, None] * Vh * rows).sum(dim=1), rows.pow(2).sum(dim=1)
+        s = inner / torch.where(norm > 0, norm, 1.0)
         total += torch.where(norm > 0, s.clamp(min=alpha), torch.full_like(s, alpha))
     gamma = len(live) / total
     out = LowRank((U * (gamma * S)).to(COMPUTE_DTYPE), Vh.to(COMPUTE_DTYPE).contiguous())
