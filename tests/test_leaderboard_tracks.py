@@ -1,4 +1,4 @@
-"""The two protocol-v2 tracks side by side (issue 13): on micro sweeps of both tracks over the same draws, the
+"""The two tracks side by side: on micro sweeps of both tracks over the same draws, the
 paired Δ tuned − default against independent computations, the refusal to pair two different stacks, the
 ``show --json`` shape, the generated README and page; and the committed leaderboard's comparison."""
 from __future__ import annotations
@@ -16,8 +16,11 @@ from merge_bench.bench.sweep import run_sweep
 from merge_bench.cli import main
 from merge_bench.leaderboard import default_root
 from merge_bench.leaderboard.build import build_leaderboard
-from merge_bench.leaderboard.schema import BootstrapInfo, seal_v2
-from merge_bench.leaderboard.sweeps import Loaded, draws_of, entries_from_sweep, group_stats, validate_v2, write_new
+from merge_bench.leaderboard.convert import entries_from_sweep
+from merge_bench.leaderboard.groups import group_stats
+from merge_bench.leaderboard.schema import BootstrapInfo, seal
+from merge_bench.leaderboard.store import write_new
+from merge_bench.leaderboard.validate import Loaded, draws_of, validate_leaderboard
 from merge_bench.leaderboard.tracks import TRACKS, compare_tracks
 
 METHODS = ["simple_avg", "task_arithmetic", "ties"]
@@ -43,7 +46,7 @@ def board(records, tmp_path):
 
 
 def _loaded(root):
-    loaded, problems = validate_v2(root)
+    loaded, problems = validate_leaderboard(root)
     assert problems == [], "\n".join(map(str, problems))
     return loaded
 
@@ -119,8 +122,8 @@ def test_folders_of_another_stack_are_not_paired(board, capsys):
         fields = json.loads(path.read_text())
         fields.pop("entry_sha256")
         fields["provenance"]["backbone"]["base_sha256"] = "f" * 64    # the same draws merged on another base
-        path.write_text(seal_v2(fields).to_json())
-    assert validate_v2(board)[1] == []                       # each folder alone is valid
+        path.write_text(seal(fields).to_json())
+    assert validate_leaderboard(board)[1] == []                       # each folder alone is valid
     with pytest.raises(ValueError, match=r"default/n2-d2-\w+ and .*tuned/n2-d2-\w+ differ in base"):
         build_leaderboard(board)
     assert main(["leaderboard", "show", "--root", str(board)]) == 2
@@ -139,7 +142,7 @@ def test_a_method_on_one_track_only_is_listed_not_compared(board):
 
 def test_show_json_rows_carry_the_paired_difference(board, capsys):
     assert main(["leaderboard", "show", "--root", str(board), "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    rows = [r for r in json.loads(capsys.readouterr().out) if r["kind"] == "method"]
     assert len(rows) == 2 * len(METHODS)
     loaded = _loaded(board)
     [c] = compare_tracks(loaded, group_stats(loaded))
@@ -157,7 +160,7 @@ def test_show_json_rows_carry_the_paired_difference(board, capsys):
                [default["normalized"], default["ci95"], default["rank"]]
         assert v["rank_change"] == default["rank"] - row["rank"]
     assert main(["leaderboard", "show", "--root", str(board)]) == 0
-    assert "tuned vs default" in capsys.readouterr().out
+    assert "Tuned vs default" in capsys.readouterr().out
 
 
 def test_readme_and_page_show_the_comparison(board, tmp_path):
@@ -170,16 +173,15 @@ def test_readme_and_page_show_the_comparison(board, tmp_path):
     for r in c.rows:
         line = next(x for x in table.splitlines() if x.startswith(f"| `{r.key}`"))
         cells = [x.strip() for x in line.strip("|").split("|")]
-        assert cells[1:3] == [f"{r.delta:+.2f}", f"[{r.delta_ci95[0]:.2f}, {r.delta_ci95[1]:.2f}]"]
-    assert "## Protocol v2" in readme and "#### micro · default · N = 2" in readme   # the per-track tables stay
+        assert cells[1] == f"{r.delta:+.2f} [{r.delta_ci95[0]:+.2f}, {r.delta_ci95[1]:+.2f}]"
+    assert "#### micro · default · N = 2" in readme   # the per-track tables stay
     page = (board / "index.html").read_text()
-    assert page.count('<tr class="cmp"') == len(c.rows) and 'class="v2group"' in page
+    assert page.count('<section class="tracks"') == 1 and 'class="group"' in page
 
-    from test_leaderboard_build import _chromium
-    dom = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
-                          f"--user-data-dir={tmp_path / 'profile'}", (board / "index.html").as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
-    assert 'data-ready="1"' in dom and len(re.findall(r'<tr class="cmp" data-method=', dom)) == len(c.rows)
+    from browser import chromium_dom, tables
+    dom = tables(chromium_dom(board / "index.html", tmp_path))
+    compared = next(t for t in dom.tables if "Δ tuned − default [95 % CI]" in t["headers"])
+    assert dom.ready and [r["method"] for r in compared["rows"]] == [r.key for r in c.rows]
 
 
 # ---- the committed leaderboard ----

@@ -128,11 +128,11 @@ def test_the_console_holds_only_merge_bench_lines(micro_backbone, cache, tmp_pat
 
 
 def test_the_leaderboard_shows_the_papers_numbers_beside_a_matching_task_set():
-    from merge_bench.leaderboard.tables import Group, Row, _reported, render_table
+    from merge_bench.leaderboard.views import reported_note
 
     paper = list(get_backbone("mistral").paper_tasks)
-    group = Group("mistral-7b-instruct-v0.2", "n12-x", paper,
-                  [Row("star", "method", {}, 70.0, {t: 50.0 for t in paper})], _reported("mistral-7b-instruct-v0.2", paper))
-    table = render_table(group)
-    assert "star (reported by the STAR paper, not reproduced here)" in table and "78.96" in table
-    assert _reported("mistral-7b-instruct-v0.2", paper[:3]) == [] and _reported("no-such-backbone", paper) == []
+    note = reported_note("mistral-7b-instruct-v0.2", [paper])
+    assert "Reported by the STAR paper for this task set, not reproduced here" in note and "star 78.96" in note
+    assert reported_note("mistral-7b-instruct-v0.2", [paper[:3]]) == ""
+    assert reported_note("mistral-7b-instruct-v0.2", [paper, paper]) == ""   # several draws: not the paper's set
+    assert reported_note("no-such-backbone", [paper]) == ""

@@ -1,62 +1,36 @@
 """The committed leaderboard: its entries validate, its derived files are current, and its embedded-backbone
 entries meet the suite's acceptance bar (each adapter far above the base, merging clearly below them); the
-protocol-v2 seeding covers every method at N = 6 and several draws at N = 2 and 4 (issue 12)."""
+seeding covers every method at N = 6 and several draws at N = 2 and 4."""
 from __future__ import annotations
 
 import shutil
-from collections import defaultdict
 
 import pytest
 
-from merge_bench.leaderboard import build_leaderboard, default_root, load_entries, validate_leaderboard
-from merge_bench.leaderboard.sweeps import group_stats, validate_v2
+from merge_bench.leaderboard import build_leaderboard, default_root, validate_leaderboard
+from merge_bench.leaderboard.groups import group_stats
 from merge_bench.merging.methods import BUILTIN
 
 ROOT = default_root()
 
 
-@pytest.fixture(scope="module")
-def tiny_entries():
-    entries = [e for e in load_entries(ROOT) if e.backbone == "tiny"]
-    assert entries, f"no tiny entries under {ROOT}/v1: seed them with scripts/seed_leaderboard.py"
-    return entries
-
-
 def test_committed_entries_validate():
-    entries, problems = validate_leaderboard(ROOT)
-    assert entries and problems == [], "\n".join(map(str, problems))
+    loaded, problems = validate_leaderboard(ROOT)
+    assert loaded and problems == [], "\n".join(map(str, problems))
 
 
 def test_derived_files_are_current(tmp_path):
     copy = tmp_path / "leaderboard"
     shutil.copytree(ROOT, copy)
     build_leaderboard(copy)
-    for name in ("README.md", "index.html", "entry.schema.json", "entry.v2.schema.json"):
+    for name in ("README.md", "index.html", "entry.schema.json"):
         assert (copy / name).read_text() == (ROOT / name).read_text(), f"{name} is stale: run merge-bench leaderboard build"
-
-
-def test_every_method_on_the_full_suite_and_several_sizes(tiny_entries):
-    by_size = defaultdict(set)
-    for e in tiny_entries:
-        by_size[len(e.task_set.tasks)].add(e.method.name)
-    assert len(by_size) >= 3, f"task-set sizes {sorted(by_size)}: the score-vs-tasks plot needs several"
-    builtin = {cls.name for cls in BUILTIN if cls.data == "none"}  # v1 is frozen: it had no data-requiring method
-    assert builtin <= by_size[max(by_size)], f"missing on the full suite: {builtin - by_size[max(by_size)]}"
-
-
-def test_suite_ranks_methods(tiny_entries):
-    full = [e for e in tiny_entries if len(e.task_set.tasks) == max(len(x.task_set.tasks) for x in tiny_entries)]
-    ref = full[0]
-    for task in ref.task_set.tasks:  # each adapter clearly beats the base on its own task
-        assert ref.lora.scores[task] - ref.pretrained.scores[task] >= 30, task
-    by_name = {e.method.name: e.normalized for e in full}
-    assert by_name["simple_avg"] <= 90, "simple averaging should clearly lose to the adapters"
-    assert max(by_name.values()) - min(by_name.values()) >= 5, "methods should not all score alike"
+    assert sorted(p.name for p in (copy / "plots").iterdir()) == sorted(p.name for p in (ROOT / "plots").iterdir())
 
 
 @pytest.fixture(scope="module")
 def tiny_v2():
-    loaded, problems = validate_v2(ROOT)
+    loaded, problems = validate_leaderboard(ROOT)
     assert problems == [], "\n".join(map(str, problems))
     groups = [g for g in group_stats(loaded, backbone="tiny") if g.track == "default"]
     assert groups, f"no tiny v2 entries under {ROOT}/v2: seed them with scripts/seed_leaderboard.py"
@@ -84,3 +58,14 @@ def test_v2_intervals_are_real(tiny_v2):
         # a merge equal to its adapters on every item has a point interval; not every method is one
         assert max(widths) > 1, f"N = {n}: intervals {widths}"
         assert g.stats["tie_group"], f"N = {n}: no leader"
+
+
+def test_suite_ranks_methods(tiny_v2):
+    g = tiny_v2[6]
+    reference = g.stats["tasks"]
+    for task, t in reference.items():  # each adapter clearly beats the base on its own task
+        assert t["scores"]["lora"] - t["scores"]["pretrained"] >= 30, task
+    m = g.stats["methods"]
+    assert m["simple_avg"]["normalized"] <= 90, "simple averaging should clearly lose to the adapters"
+    spread = [s["normalized"] for s in m.values()]
+    assert max(spread) - min(spread) >= 5, "methods should not all score alike"

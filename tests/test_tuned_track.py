@@ -108,14 +108,16 @@ def test_tuned_entries_carry_their_searches_and_validate(sweep, tmp_path, capsys
     import json
 
     from merge_bench.cli import main
-    from merge_bench.leaderboard.schema import seal_v2
-    from merge_bench.leaderboard.sweeps import entries_from_sweep, validate_v2, write_new
+    from merge_bench.leaderboard.convert import entries_from_sweep
+    from merge_bench.leaderboard.schema import seal
+    from merge_bench.leaderboard.store import write_new
+    from merge_bench.leaderboard.validate import validate_leaderboard
 
     root = tmp_path / "leaderboard"
     news = entries_from_sweep(sweep)
     for new in news:
         write_new(root, new)
-    loaded, problems = validate_v2(root)
+    loaded, problems = validate_leaderboard(root)
     assert problems == [] and len(loaded) == 2
     ta = next(x.entry for x in loaded if x.entry.method.name == "task_arithmetic")
     assert ta.track == "tuned" and ta.data == "validation" and ta.method.params == {"lam": 0.4}
@@ -134,6 +136,6 @@ def test_tuned_entries_carry_their_searches_and_validate(sweep, tmp_path, capsys
     fields = json.loads(path.read_text())
     fields.pop("entry_sha256")
     fields["tuning"][0]["chosen"] = {"lam": 9.0}          # a choice the search did not make
-    path.write_text(seal_v2(fields).to_json())
+    path.write_text(seal(fields).to_json())
     assert "tuning[0].chosen: is not the first best configuration of the path" in "\n".join(
-        map(str, validate_v2(root)[1]))
+        map(str, validate_leaderboard(root)[1]))

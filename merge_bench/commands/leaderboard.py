@@ -20,34 +20,33 @@ def run_build(args) -> int:
 
 
 def run_validate(args) -> int:
-    from ..leaderboard.build import validate_all
+    from ..leaderboard import validate_leaderboard
 
-    entries, loaded, problems = validate_all(_root(args))
+    loaded, problems = validate_leaderboard(_root(args))
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
         print(f"leaderboard validate: {len(problems)} problem(s) in {_root(args)}", file=sys.stderr)
         return 1
-    if not entries and not loaded:
+    if not loaded:
         raise ValueError(f"no leaderboard entries under {_root(args)}; expected entry files such as "
                          "v2/<backbone>/<track>/<set>/<method>.json (is --root the leaderboard folder?)")
-    print(f"leaderboard validate: {len(loaded)} v2 and {len(entries)} v1 entries OK under {_root(args)}")
+    print(f"leaderboard validate: {len(loaded)} entries OK under {_root(args)}")
     return 0
 
 
 def run_show(args) -> int:
     import json
 
-    from ..leaderboard import show_text
-    from ..leaderboard.build import validate_all
-    from ..leaderboard.sweep_views import show_text_tracks, show_text_v2
-    from ..leaderboard.sweeps import group_stats, show_rows
+    from ..leaderboard import validate_leaderboard
+    from ..leaderboard.groups import group_stats, show_rows
     from ..leaderboard.tracks import add_vs_default, compare_tracks
+    from ..leaderboard.views import show_csv, show_text, show_text_tracks
 
-    entries, loaded, problems = validate_all(_root(args))
+    loaded, problems = validate_leaderboard(_root(args))
     if problems:
         print(f"warning: {len(problems)} problem(s); run `merge-bench leaderboard validate`", file=sys.stderr)
-    known = sorted({e.entry.backbone for e in loaded} | {e.backbone for e in entries})
+    known = sorted({e.entry.backbone for e in loaded})
     if args.backbone is not None and args.backbone not in known:
         raise ValueError(f"--backbone {args.backbone}: no leaderboard entries under {_root(args)}; expected one of "
                          f"{', '.join(known) or 'none (the leaderboard is empty)'}")
@@ -55,17 +54,15 @@ def run_show(args) -> int:
               if args.track is None or g.track == args.track]
     # a comparison joins both tracks, so one asked for alone shows none
     comparisons = compare_tracks(loaded, groups) if args.track is None else []
-    if args.json:
-        print(json.dumps(add_vs_default(show_rows(groups), comparisons), indent=2))
+    if args.json or args.csv:
+        rows = add_vs_default(show_rows(groups), comparisons)
+        print(json.dumps(rows, indent=2) if args.json else show_csv(rows), end="\n" if args.json else "")
         return 0
     if groups:
-        print("Protocol v2 (mean over task draws, 95 % bootstrap CIs)\n\n" + show_text_v2(groups) + "\n")
+        print("Mean over task draws, 95 % bootstrap CIs\n\n" + show_text(groups) + "\n")
     if comparisons:
-        print("Protocol v2, tuned vs default (paired Δ = tuned − default on the same draws and items)\n\n"
+        print("Tuned vs default (paired Δ = tuned − default on the same draws and items)\n\n"
               + show_text_tracks(comparisons) + "\n")
-    if args.track in (None, "default"):
-        print("Protocol v1 (one task set each, point estimates)\n\n"
-              + show_text(entries, backbone=args.backbone, task_set=args.task_set))
     return 0
 
 
@@ -83,9 +80,11 @@ def register(sub) -> None:
         if name == "show":
             q.add_argument("--backbone", help="only this backbone")
             q.add_argument("--track", choices=("default", "tuned"), help="only this protocol-v2 track")
-            q.add_argument("--task-set", help="only this v1 task-set id (e.g. n3-1a2b3c4d)")
-            q.add_argument("--json", action="store_true",
-                           help="print the protocol-v2 rows as JSON: one per (backbone, track, N, method); a tuned "
-                                "row also compared on the default track carries vs_default (the paired "
-                                "tuned - default; shape: leaderboard/README.md)")
+            fmt = q.add_mutually_exclusive_group()
+            fmt.add_argument("--json", action="store_true",
+                             help="print the rows as JSON: per (backbone, track, N) each method, then the pretrained "
+                                  "and LoRA rows, with per-task scores and Wilson intervals, the normalized score "
+                                  "and the retained gain with CIs (shape: leaderboard/README.md)")
+            fmt.add_argument("--csv", action="store_true",
+                             help="print the same rows as CSV, one line per row, draw and task")
         q.set_defaults(func=func)

@@ -1,21 +1,17 @@
-"""The versioned leaderboard: entry schema, conversion from run records, validation, rendering, checks.
+"""The leaderboard: entry schema, conversion from sweep records, validation against per-item files, group
+statistics, rendering (show, README, page, plots), checks by rerunning, comparisons without rerunning.
 
-Entries live at ``leaderboard/v1/<backbone>/<task-set id>/<method key>.json`` (see ``store``).
+Entries live at ``leaderboard/v2/<backbone>/<track>/<draw-set id>/<method key>.json`` (see ``store``).
 """
 from __future__ import annotations
 
 from .build import build_leaderboard
-from .check import DEFAULT_TOLERANCE, CheckReport, load_baseline, run_check
-from .convert import entries_from_record, plugin_file_info
 from .schema import LEADERBOARD_VERSION, PROTOCOL_VERSION, SCHEMA_VERSION, Entry, content_sha256, json_schema
-from .store import default_root, entry_path, load_entries, read_entry, task_set_id, write_entry
-from .submit import SubmitResult, submit
-from .tables import group_entries, show_text
-from .validate import Problem, validate_leaderboard
+from .store import default_root, entry_files, entry_path
+from .validate import Loaded, Problem, validate_leaderboard
 
 __all__ = [
-    "DEFAULT_TOLERANCE", "LEADERBOARD_VERSION", "PROTOCOL_VERSION", "SCHEMA_VERSION", "CheckReport", "Entry",
-    "Problem", "SubmitResult", "build_leaderboard", "content_sha256", "default_root", "entries_from_record",
-    "entry_path", "group_entries", "json_schema", "load_baseline", "load_entries", "plugin_file_info",
-    "read_entry", "run_check", "show_text", "submit", "task_set_id", "validate_leaderboard", "write_entry",
+    "LEADERBOARD_VERSION", "PROTOCOL_VERSION", "SCHEMA_VERSION", "Entry", "Loaded", "Problem",
+    "build_leaderboard", "content_sha256", "default_root", "entry_files", "entry_path", "json_schema",
+    "validate_leaderboard",
 ]

@@ -1,9 +1,13 @@
-"""``merge-bench check``: rerun a baseline's runs and compare every number with it.
+"""``merge-bench check``: rerun entries' sweeps and compare every number and every item with them.
 
-A baseline is a leaderboard directory, entry files, or a run record. Its results are grouped into
-snapshots (one backbone × task set × seed × backend × device), each rerun through a ``runner``
-(default ``merge_bench.run.run_benchmark``; tests inject their own), and every method's normalized
-and per-task scores, plus the pretrained and LoRA rows, are compared at a tolerance in score points.
+The draws are drawn again from the entry's seed (and must come out the same), every draw is rerun into a
+fresh result cache, and then: each method's per-draw task scores and normalized scores, its mean over the
+draws, and the pretrained and LoRA rows are compared at the tolerance (score points); and the per-item files
+are verified: a rerun whose items hash as the entry pins is an exact reproduction; otherwise the items that
+changed are counted per (row, draw, task), and more changed items than the tolerance allows (in points of
+that task, e.g. 0.5 points = 1 item of 200) is a difference, even where flips cancel in the score.
+A baseline is entry files or leaderboard folders (every entry under them); a runner (default
+``bench.sweep.run_sweep``; tests inject their own) reruns each folder's methods in one sweep.
 """
 from __future__ import annotations
 
@@ -17,11 +21,12 @@ from typing import Any, Callable, Iterable, Mapping
 
 from tabulate import tabulate
 
-from .convert import _get
-from .schema import Entry
-from .store import default_root, entry_files, task_set_id
-from .tables import LORA_LABEL, PRETRAINED_LABEL
-from .validate import check_entry_data, check_references, load_raw
+from .convert import entries_from_sweep
+from .store import LEADERBOARD_VERSION, default_root
+from .validate import Loaded, check_entry
+
+PRETRAINED_LABEL = "Pretrained"
+LORA_LABEL = "LoRA (individual)"
 
 # Score points (0–100 scale) a rerun may move before check fails. Measured on the embedded backbone
 # (2-core AMD EPYC, AVX2): an identical rerun, and a rerun on one thread with MKL and oneDNN forced to
@@ -32,34 +37,6 @@ from .validate import check_entry_data, check_references, load_raw
 DEFAULT_TOLERANCE = 0.5
 
 Runner = Callable[[Any], Mapping[str, Any]]
-
-
-@dataclass
-class MethodResult:
-    name: str
-    spec: str  # what RunConfig.methods takes: a registered name or a path/file.py:Class
-    params: dict[str, Any]
-    scores: dict[str, float]
-    normalized: float
-
-
-@dataclass
-class Snapshot:
-    backbone: str
-    tasks: list[str]
-    seed: int
-    backend: str
-    device: str
-    batch_size: int | None
-    pretrained: dict[str, float]
-    pretrained_normalized: float
-    lora: dict[str, float]
-    methods: dict[str, MethodResult] = field(default_factory=dict)
-    versions: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        return f"{self.backbone} · {task_set_id(self.tasks)}"
 
 
 @dataclass(frozen=True)
@@ -102,107 +79,6 @@ class CheckReport:
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
 
 
-def snapshot_from_record(record: Mapping[str, Any]) -> Snapshot:
-    config = _get(record, "config")
-    where = "run record config"
-    pretrained = dict(_get(record, "pretrained", "scores"))
-    snap = Snapshot(
-        backbone=_get(config, "backbone", where=where), tasks=sorted(pretrained),
-        seed=_get(config, "seed", where=where), backend=_get(config, "backend", where=where),
-        device=_get(config, "device", where=where), batch_size=config.get("batch_size"),
-        pretrained=pretrained,
-        pretrained_normalized=_get(record, "pretrained", "normalized"), lora=dict(_get(record, "lora", "scores")),
-        versions=dict(record.get("versions") or {}),
-    )
-    for key, item in _get(record, "methods").items():
-        plugin = item.get("plugin") if isinstance(item.get("plugin"), Mapping) else {}
-        name = _get(item, "method", where=f"run record methods[{key!r}]")
-        spec = plugin.get("spec") or item.get("spec") or name
-        snap.methods[key] = MethodResult(name, spec, dict(item.get("params") or {}),
-                                         dict(_get(item, "scores", where=f"run record methods[{key!r}]")),
-                                         _get(item, "normalized", where=f"run record methods[{key!r}]"))
-    return snap
-
-
-def snapshots_from_entries(entries: Iterable[Entry]) -> list[Snapshot]:
-    groups: dict[tuple, list[Entry]] = defaultdict(list)
-    for e in entries:
-        p = e.provenance
-        groups[(e.backbone, e.task_set.id, p.seed, p.backend, p.device, p.batch_size)].append(e)
-    snaps = []
-    for members in groups.values():
-        first = members[0]
-        p = first.provenance
-        snap = Snapshot(first.backbone, list(first.task_set.tasks), p.seed, p.backend, p.device, p.batch_size,
-                        dict(first.pretrained.scores), first.pretrained.normalized, dict(first.lora.scores),
-                        versions=p.versions.model_dump())
-        for e in sorted(members, key=lambda e: e.method.key):
-            spec = e.method.plugin_spec if e.method.source == "file" else e.method.name
-            snap.methods[e.method.key] = MethodResult(e.method.name, spec or e.method.name, dict(e.method.params),
-                                                      dict(e.scores), e.normalized)
-        snaps.append(snap)
-    return sorted(snaps, key=lambda s: s.label)
-
-
-def _entries_at(paths: list[Path]) -> list[Entry]:
-    parsed, problems = [], []
-    for path in paths:
-        data, read_problems = load_raw(path)
-        entry, entry_problems = (None, read_problems) if read_problems else check_entry_data(data, path)
-        problems += entry_problems
-        if entry is not None:
-            parsed.append((path, entry))
-    problems += check_references(parsed)
-    if problems:
-        raise ValueError("the baseline entries are not valid:\n  " + "\n  ".join(map(str, problems)))
-    return [e for _, e in parsed]
-
-
-def load_baseline(paths: Iterable[Path]) -> list[Snapshot]:
-    """Snapshots from leaderboard directories (any level of one), entry files and run records."""
-    entry_paths: list[Path] = []
-    snaps: list[Snapshot] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found = entry_files(path) or sorted(path.rglob("*.json"))
-            found = [p for p in found if p.name != "entry.schema.json"]
-            if not found:
-                raise ValueError(f"baseline directory {path} holds no leaderboard entries (*.json); add some with "
-                                 "`merge-bench submit` or pass --baseline a run record")
-            entry_paths += found
-        elif path.is_file():
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"baseline {path} is not JSON: {err}") from None
-            if isinstance(data, dict) and "record_version" in data:
-                try:
-                    snaps.append(snapshot_from_record(data))
-                except ValueError as err:
-                    raise ValueError(f"baseline {path}: {err}") from None
-            else:
-                entry_paths.append(path)
-        else:
-            raise FileNotFoundError(f"baseline {path} does not exist "
-                                    "(expected a leaderboard directory, entry files or a run record)")
-    return snaps + (snapshots_from_entries(_entries_at(entry_paths)) if entry_paths else [])
-
-
-def _filter(snaps: list[Snapshot], backbone: str | None, methods: list[str] | None) -> list[Snapshot]:
-    out = []
-    for snap in snaps:
-        if backbone is not None and snap.backbone != backbone:
-            continue
-        if methods:
-            snap.methods = {k: m for k, m in snap.methods.items() if k in methods or m.name in methods}
-            if not snap.methods:
-                continue
-        out.append(snap)
-    if not out:
-        raise ValueError(f"nothing to check: the baseline has no results for backbone={backbone!r} methods={methods!r}")
-    return out
-
-
 def key_overrides(key: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """The parameters a method key names (``star[eta=20]`` → ``{"eta": 20}``), with their recorded values.
 
@@ -219,84 +95,133 @@ def key_overrides(key: str, params: Mapping[str, Any]) -> dict[str, Any]:
     return {n: params[n] for n in names}
 
 
-def rerun(snap: Snapshot, runner: Runner, device: str | None = None, out: Path | None = None,
-          batch_size: int | None = None, cache_dir: Path | None = None) -> Snapshot:
-    """Rerun a snapshot. RunConfig takes one parameter set per method name, so variants of one method
-    (``star[eta=20]``, ``star[eta=40]``) go to separate runs; the pretrained and LoRA rows compared are
-    the first run's (the later runs read them from the same result cache)."""
-    from ..bench.run import RunConfig  # the run pipeline imports the engine and evaluator: load it only here
+def _root_of(path: Path) -> Path:
+    """The leaderboard root of ``<root>/v2/<backbone>/<track>/<set>/<entry>.json``."""
+    return Path(path).resolve().parents[4]
 
-    rounds: list[dict[str, MethodResult]] = []
-    for key, m in snap.methods.items():
-        target = next((r for r in rounds if all(o.name != m.name for o in r.values())), None)
-        if target is None:
-            rounds.append(target := {})
-        target[key] = m
-    now: Snapshot | None = None
-    for methods in rounds or [{}]:  # no methods: still rerun the pretrained and LoRA rows
-        kwargs: dict[str, Any] = dict(
-            backbone=snap.backbone, tasks=list(snap.tasks), methods=[m.spec for m in methods.values()],
-            params={m.name: key_overrides(k, m.params) for k, m in methods.items()}, seed=snap.seed,
-            backend=snap.backend, device=device or snap.device, limit=None, batch_size=batch_size or snap.batch_size,
-            cache_dir=cache_dir)
-        if out is not None:
-            kwargs["out"] = Path(out)
-        result = snapshot_from_record(runner(RunConfig(**kwargs)))
-        if now is None:
-            now = result
+
+def _load(paths: list[Path]) -> dict[Path, list[Loaded]]:
+    folders: dict[Path, list[Loaded]] = defaultdict(list)
+    problems = []
+    for path in paths:
+        item, found = check_entry(Path(path), _root_of(path))
+        problems += found
+        if item is not None:
+            folders[item.path.parent].append(item)
+    if problems:
+        raise ValueError("the baseline entries are not valid:\n  " + "\n  ".join(map(str, problems)))
+    return folders
+
+
+def _changed(a: list, b: list) -> int:
+    return sum(x != y for x, y in zip(a, b)) + abs(len(a) - len(b))
+
+
+def baseline_files(paths: Iterable[Path] | None, backbone: str | None = None) -> list[Path]:
+    """Entry files from files and folders (every entry under a folder; default: the repository's board), only
+    ``backbone``'s when given."""
+    out: list[Path] = []
+    for path in map(Path, paths or [default_root() / LEADERBOARD_VERSION]):
+        if path.is_dir():
+            out += sorted(p for p in path.rglob("*.json") if "items" not in p.relative_to(path).parts[:-1]
+                          and p.name != "entry.schema.json")
+        elif path.is_file():
+            out.append(path)
         else:
-            now.methods.update(result.methods)
-    return now  # type: ignore[return-value]  # the loop runs at least once
+            raise FileNotFoundError(f"baseline {path} does not exist (expected leaderboard entry files or folders)")
+    if backbone is not None:
+        out = [p for p in out if json.loads(p.read_text(encoding="utf-8")).get("backbone") == backbone]
+    if not out:
+        raise ValueError(f"nothing to check: no leaderboard entries under {[str(p) for p in paths or []]}"
+                         + (f" for backbone {backbone}" if backbone else ""))
+    return out
 
 
-def compare(base: Snapshot, now: Snapshot, tolerance: float) -> tuple[list[Difference], int]:
-    """Every number of ``base`` against ``now``; returns the differences beyond tolerance and the count compared."""
-    diffs: list[Difference] = []
-    count = 0
+def run_check(paths: list[Path], *, tolerance: float = DEFAULT_TOLERANCE, runner: Runner | None = None,
+              device: str | None = None, out: Path | None = None, batch_size: int | None = None) -> CheckReport:
+    """Rerun each folder's entries among ``paths`` (one sweep per folder) and compare."""
+    from ..bench.run import RunConfig
 
-    def cmp(row: str, field_name: str, b: float, n: float | None) -> None:
-        nonlocal count
-        count += 1
-        if n is None or abs(n - b) > tolerance:
-            diffs.append(Difference(base.label, row, field_name, b, n))
-
-    cmp(PRETRAINED_LABEL, "normalized", base.pretrained_normalized, now.pretrained_normalized)
-    for t in base.tasks:
-        cmp(PRETRAINED_LABEL, t, base.pretrained[t], now.pretrained.get(t))
-        cmp(LORA_LABEL, t, base.lora[t], now.lora.get(t))
-    for key, m in base.methods.items():
-        got = now.methods.get(key)
-        cmp(key, "normalized", m.normalized, got.normalized if got else None)
-        for t in base.tasks:
-            cmp(key, t, m.scores[t], got.scores.get(t) if got else None)
-    return diffs, count
-
-
-def run_check(
-    baseline: Iterable[Path] | None = None, *, tolerance: float = DEFAULT_TOLERANCE, backbone: str | None = "tiny",
-    methods: list[str] | None = None, runner: Runner | None = None, device: str | None = None, out: Path | None = None,
-    batch_size: int | None = None,
-) -> CheckReport:
-    """Rerun the baseline (default: the repository leaderboard's entries for ``backbone``) and compare."""
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     if runner is None:
-        from ..bench.run import run_benchmark as runner  # noqa: N813
-    snaps = _filter(load_baseline(list(baseline) if baseline else [default_root()]), backbone, methods)
-    report = CheckReport([], 0, [s.label for s in snaps], tolerance)
-    # A fresh result cache: a check must evaluate, not read back what an earlier run on this machine cached.
+        from ..bench.sweep import run_sweep as runner  # noqa: N813
+    folders = _load(paths)
+    report = CheckReport([], 0, [], tolerance)
     with tempfile.TemporaryDirectory(prefix="merge-bench-check-") as fresh:
-        for snap in snaps:
-            _check_snapshot(report, snap, rerun(snap, runner, device=device, out=out, batch_size=batch_size,
-                                                cache_dir=Path(fresh)), tolerance)
+        for members in folders.values():
+            e0 = members[0].entry
+            label = f"{e0.backbone} · {e0.track} · {e0.draw_set.id}"
+            report.snapshots.append(label)
+            p = e0.provenance
+            cfg: dict[str, Any] = dict(
+                backbone=e0.backbone, sizes=[e0.n_tasks], draws=e0.draw_set.requested, seed=e0.draw_set.seed,
+                methods=[m.entry.method.plugin_spec if m.entry.method.source == "file" else m.entry.method.name
+                         for m in members],
+                params={m.entry.method.name: key_overrides(m.entry.method.key, m.entry.method.params) for m in members},
+                backend=p.backend, device=device or p.device, limit=None, batch_size=batch_size or p.batch_size,
+                cache_dir=Path(fresh), track=e0.track)
+            if out is not None:
+                cfg["out"] = Path(out)
+            record = runner(RunConfig(**cfg))
+            _compare(report, label, members, record, tolerance)
+            for name in sorted(set(p.versions.model_dump()) | set(record["versions"])):
+                was, now = p.versions.model_dump().get(name), record["versions"].get(name)
+                if was != now:
+                    report.notes.append(f"{label}: {name} {was} in the baseline, {now} now")
     return report
 
 
-def _check_snapshot(report: CheckReport, snap: Snapshot, now: Snapshot, tolerance: float) -> None:
-    diffs, count = compare(snap, now, tolerance)
-    report.differences += diffs
-    report.compared += count
-    for name in sorted(set(snap.versions) | set(now.versions)):
-        if snap.versions.get(name) != now.versions.get(name):
-            report.notes.append(f"{snap.label}: {name} {snap.versions.get(name)} in the baseline, "
-                                f"{now.versions.get(name)} now")
+def _compare(report: CheckReport, label: str, members: list[Loaded], record: dict, tolerance: float) -> None:
+    block = record["sets"][str(members[0].entry.n_tasks)]
+    drawn = [d["tasks"] for d in block["draws"]]
+    if drawn != [d.tasks for d in members[0].entry.draw_set.draws]:
+        raise ValueError(f"{label}: the rerun drew other task sets {drawn} than the entry "
+                         f"{[d.tasks for d in members[0].entry.draw_set.draws]}: the draw code changed")
+    fresh = {n.entry.method.key: n for n in entries_from_sweep(record)}
+
+    def cmp(row: str, field: str, base: float, now: float | None) -> None:
+        report.compared += 1
+        if now is None or abs(now - base) > tolerance:
+            report.differences.append(Difference(label, row, field, base, now))
+
+    ref, ref_now = members[0], json.loads(next(iter(fresh.values())).reference_items)
+    for row, name in (("pretrained", PRETRAINED_LABEL), ("lora", LORA_LABEL)):
+        for t, score in getattr(ref.entry, row).scores.items():
+            now = next((d["record"][row]["scores"][t] for d in block["draws"] if t in d["record"][row]["scores"]), None)
+            cmp(name, t, score, now)
+            _items(report, label, name, t, ref.reference[row][t], ref_now[row].get(t), tolerance)
+    pinned = [(m.entry.items.method.sha256, fresh[m.entry.method.key].entry.items.method.sha256)
+              for m in members if m.entry.method.key in fresh]
+    pinned.append((ref.entry.items.reference.sha256, next(iter(fresh.values())).entry.items.reference.sha256))
+    same = sum(a == b for a, b in pinned)
+    report.notes.append(f"{label}: {same} of {len(pinned)} per-item files hash as pinned"
+                        + (" (an exact reproduction)" if same == len(pinned) else ""))
+    for m in members:
+        key, e = m.entry.method.key, m.entry
+        new = fresh.get(key)
+        cmp(key, "normalized (mean over draws)", e.result.normalized, new.entry.result.normalized if new else None)
+        for t, t_now in zip(e.tuning or [], (new.entry.tuning or []) if new else []):
+            cmp(key, f"d{t.index} validation score of the choice", t.validation_score, t_now.validation_score)
+            if t.chosen != t_now.chosen:
+                report.notes.append(f"{label}: {key} d{t.index} chose {t_now.chosen}, the entry {t.chosen}")
+        items_now = json.loads(new.method_items)["draws"] if new else None
+        for d, row in enumerate(e.per_draw):
+            got = new.entry.per_draw[d] if new else None
+            cmp(key, f"d{row.index} normalized", row.normalized, got.normalized if got else None)
+            for t, score in row.scores.items():
+                cmp(key, f"d{row.index} {t}", score, got.scores.get(t) if got else None)
+                _items(report, label, key, f"d{row.index} {t}", m.method["draws"][d]["tasks"][t],
+                       items_now[d]["tasks"].get(t) if items_now else None, tolerance)
+
+
+def _items(report: CheckReport, label: str, row: str, field: str, base: list, now: list | None,
+           tolerance: float) -> None:
+    """Items that changed, in points of the task (100 / n per item); beyond the tolerance is a difference."""
+    report.compared += 1
+    if now is None:
+        report.differences.append(Difference(label, row, f"{field} items changed (points)", 0.0, None))
+        return
+    moved = 100.0 * _changed(base, now) / max(len(base), 1)
+    if moved > tolerance:
+        report.differences.append(Difference(label, row, f"{field} items changed (points)", 0.0, moved))

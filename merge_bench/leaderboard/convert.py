@@ -1,19 +1,18 @@
-"""Run record (``merge-bench run``) → leaderboard entries, one per method of the run."""
+"""Sweep record (``merge-bench run --n-tasks … --draws …``) → leaderboard entries, one per (size, method)."""
 from __future__ import annotations
 
-import math
+import hashlib
+import json
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Mapping
 
 from ..io.files import sha256_file
 from ..merging.methods import BUILTIN, load_method_file
-from ..bench.scores import normalized as normalized_score
-from .schema import Entry, TaskInfo, seal
-from .store import task_set_id
-
-# Scores are recomputed and compared with what the record says at this tolerance (0–100 scale).
-NORMALIZED_TOLERANCE = 1e-6
+from ..bench import stats
+from ..bench.report import stats_draw
+from .schema import TaskInfo, seal
+from .store import REFERENCE_ITEMS, NewEntry, draw_set_id, method_items_path
 
 
 def _get(record: Mapping[str, Any], *keys: str, where: str = "run record") -> Any:
@@ -62,20 +61,6 @@ def method_source(name: str, item: Mapping[str, Any], plugins: Mapping[str, dict
     )
 
 
-def _check_normalized(where: str, stated: Any, scores: Mapping[str, float], lora: Mapping[str, float]) -> float:
-    computed = normalized_score(scores, lora)
-    close = isinstance(stated, (int, float)) and math.isclose(stated, computed, rel_tol=0, abs_tol=NORMALIZED_TOLERANCE)
-    if not close:
-        raise ValueError(f"run record: {where} is {stated!r} but the per-task scores give {computed!r}")
-    return float(stated)
-
-
-def _same_tasks(where: str, keys: Any, tasks: list[str]) -> None:
-    if not isinstance(keys, Mapping) or sorted(keys) != tasks:
-        got = sorted(keys) if isinstance(keys, Mapping) else keys
-        raise ValueError(f"run record: {where} has tasks {got}, expected the run's task set {tasks}")
-
-
 def provenance_fields(record: Mapping[str, Any], tasks: list[str], adapters: Mapping[str, Any],
                       task_info: Mapping[str, Any]) -> dict[str, Any]:
     """An entry's ``provenance`` (without ``merged_sha256``) from a run or sweep record."""
@@ -99,60 +84,84 @@ def provenance_fields(record: Mapping[str, Any], tasks: list[str], adapters: Map
     }
 
 
-def entries_from_record(
-    record: Mapping[str, Any], plugins: Mapping[str, dict[str, Any]] | None = None
-) -> list[Entry]:
-    """One sealed Entry per method in the record, in the record's method order.
+def _dump(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n"
 
-    ``plugins`` maps a method name to its MethodInfo source fields (see ``plugin_file_info``) for
-    methods loaded from a file. A record made with ``--limit`` is refused: it evaluated a subset,
-    so its numbers are not the protocol's.
-    """
-    plugins = plugins or {}
-    if _get(record, "record_version") != 1:
-        raise ValueError(f"run record: record_version {record['record_version']!r} is not supported (expected 1)")
-    limit = _get(record, "config").get("limit")
-    if limit is not None:
-        raise ValueError(f"run record: made with limit={limit}; only full runs (no --limit) can be leaderboard entries")
-    pretrained = _get(record, "pretrained", "scores")
-    lora = _get(record, "lora", "scores")
-    tasks = sorted(pretrained)
-    if not tasks:
-        raise ValueError("run record: pretrained.scores is empty")
-    config_tasks = _get(record, "config").get("tasks")
-    if config_tasks is not None and sorted(config_tasks) != tasks:
-        raise ValueError(f"run record: config.tasks {sorted(config_tasks)} differ from the scored tasks {tasks}")
-    _same_tasks("lora.scores", lora, tasks)
-    pre_norm = _check_normalized("pretrained.normalized", _get(record, "pretrained", "normalized"), pretrained, lora)
-    provenance_base = provenance_fields(record, tasks, _get(record, "adapters"), _get(record, "tasks"))
-    backbone = _get(record, "backbone")
-    shared = {
-        "backbone": _get(backbone, "name", where="run record backbone"),
-        "task_set": {"id": task_set_id(tasks), "tasks": tasks},
-        "pretrained": {"scores": dict(pretrained), "normalized": pre_norm},
-        "lora": {"scores": dict(lora), "normalized": normalized_score(lora, lora)},
-    }
-    entries = []
-    methods = _get(record, "methods")
-    if not methods:
-        raise ValueError("run record: no methods were run")
-    for key, item in methods.items():
-        where = f"methods[{key!r}]"
-        name = _get(item, "method", where=f"run record {where}")
-        scores = _get(item, "scores", where=f"run record {where}")
-        _same_tasks(f"{where}.scores", scores, tasks)
-        stated = _get(item, "normalized", where=f"run record {where}")
-        norm = _check_normalized(f"{where}.normalized", stated, scores, lora)
-        fields = {
-            **shared,
-            "method": {"name": name, "key": key, "params": dict(_get(item, "params", where=f"run record {where}")),
-                       **method_source(name, item, plugins)},
-            "scores": dict(scores),
-            "normalized": norm,
-            "provenance": {**provenance_base, "merged_sha256": item.get("merged_sha256")},
-        }
-        try:
-            entries.append(seal(fields))
-        except ValueError as err:
-            raise ValueError(f"run record: {where} does not make a valid leaderboard entry: {err}") from None
-    return entries
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _aggregate(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {"normalized": row["normalized"], "ci95": row["normalized_ci95"], "draw_sd": row["draw_sd"],
+            "per_draw": row["per_draw"], "retained": row["retained"], "retained_ci95": row["retained_ci95"],
+            "retained_per_draw": row["retained_per_draw"]}
+
+
+def entries_from_sweep(record: Mapping[str, Any],
+                       plugins: Mapping[str, dict[str, Any]] | None = None) -> list[NewEntry]:
+    """One entry per (size, method) of a sweep record (``run --n-tasks … --draws …``), on the record's track.
+    A tuned entry's ``method.params`` are the search's start (the defaults and the user's values); what each
+    draw chose is in ``tuning``."""
+    if _get(record, "record_version") != 2:
+        raise ValueError("run record: not a sweep record (record_version 2); run with --n-tasks N1,N2 --draws D")
+    config = _get(record, "config")
+    track = config.get("track", "default")
+    if config.get("limit") is not None:
+        raise ValueError(f"run record: made with limit={config['limit']}; only full runs can be leaderboard entries")
+    out = []
+    for size, block in _get(record, "sets").items():
+        note = block["normalization"]["note"]
+        if note or block["stats"] is None:
+            raise ValueError(f"N = {size}: the sweep is not a valid leaderboard entry: {note}. Nothing was written")
+        recs = [d["record"] for d in block["draws"]]
+        tasks = sorted({t for r in recs for t in r["config"]["tasks"]})
+        pre_items, lora_items, pre_scores, lora_scores, adapters, infos = {}, {}, {}, {}, {}, {}
+        for r in recs:
+            for t in r["config"]["tasks"]:
+                pre_items[t], lora_items[t] = r["per_item"]["pretrained"][t], r["per_item"]["lora"][t]
+                pre_scores[t], lora_scores[t] = r["pretrained"]["scores"][t], r["lora"]["scores"][t]
+                adapters[t], infos[t] = r["adapters"][t], r["tasks"][t]
+        reference_text = _dump({"pretrained": pre_items, "lora": lora_items})
+        st = block["stats"]
+        if "retained_excluded" not in st:  # a record made before the retained gain: the same bootstrap again
+            st = stats.bootstrap([stats_draw(r) for r in recs], B=st["B"]).to_dict()
+        provenance = provenance_fields(record, tasks, adapters, infos)
+        n = int(size)
+        draws = [{"index": d["index"], "tasks": d["tasks"]} for d in block["draws"]]
+        draw_set = {"id": draw_set_id(n, [d["tasks"] for d in draws]), "seed": config["seed"],
+                    "requested": config["draws"], "draws": draws}
+        for key, item in recs[0]["methods"].items():
+            name = item["method"]
+            tuning = [{"index": d["index"], **r["tuning"][key]} for d, r in zip(draws, recs)] \
+                if track == "tuned" else None
+            start = tuning[0]["path"][0]["params"] if tuning else item["params"]
+            params = {k: v for k, v in start.items() if k != "seed"}
+            rows = [r["methods"][key] for r in recs]
+            items_text = _dump({"method": key, "draws": [{"index": d["index"], "tasks": r["per_item"]["methods"][key]}
+                                                         for d, r in zip(draws, recs)]})
+            fields = {
+                "backbone": _get(record, "backbone", "name"), "track": track, "n_tasks": n, "draw_set": draw_set,
+                "method": {"name": name, "key": key, "params": params, **method_source(name, item, plugins or {})},
+                "per_draw": [{"index": d["index"], "scores": row["scores"], "normalized": row["normalized"],
+                              "merged_sha256": row.get("merged_sha256")} for d, row in zip(draws, rows)],
+                "result": _aggregate(st["methods"][key]),
+                "pretrained": {"scores": pre_scores, "result": _aggregate(st["pretrained"])},
+                "lora": {"scores": lora_scores},
+                "retained_excluded": st["retained_excluded"],
+                "items": {"reference": {"path": REFERENCE_ITEMS, "sha256": sha256_text(reference_text)},
+                          "method": {"path": method_items_path(key), "sha256": sha256_text(items_text)}},
+                "bootstrap": {"B": st["B"], "seed": stats.DEFAULT_SEED},
+                "provenance": provenance,
+            }
+            uses = item.get("data", "none")   # calibration data (RegMean's Grams), or none
+            fields["data"] = uses
+            fields["protocol"] = config.get("protocol", "default")  # --protocol of the run
+            if tuning is not None:
+                fields["tuning"] = tuning
+                fields["data"] = "validation" if uses == "none" else f"validation+{uses}"
+            try:
+                out.append(NewEntry(seal(fields), items_text, reference_text))
+            except ValueError as err:
+                raise ValueError(f"run record: N = {size}, method {key!r} does not make a valid entry: {err}") from None
+    return out

@@ -1,15 +1,12 @@
 """The generated ``leaderboard/README.md``."""
 from __future__ import annotations
 
-from .schema import LEADERBOARD_VERSION, PROTOCOL_VERSION
-from .sweep_views import markdown as v2_markdown
-from .sweep_views import tracks_markdown
-from .sweeps import GroupV2
+from .groups import Group
 from .tracks import TrackComparison
-from .tables import Group, render_table
+from .views import markdown, tracks_markdown
 
 # From protocol.md, "Reference bugs we do not reproduce" and "Label matching": where the STAR
-# reference code (IBM/STAR @ e6bfcf7) is wrong, protocol v1 fixes it, so numbers can differ.
+# reference code (IBM/STAR @ e6bfcf7) is wrong, the protocol fixes it, so numbers can differ.
 PROTOCOL_NOTES = (
     "Label matching: the prediction is the answer label that occurs first in the generated text, "
     "case-insensitively, at word boundaries, longest label first (\"not violence\" beats \"violence\"; "
@@ -47,18 +44,29 @@ PROTOCOL_NOTES = (
 )
 
 
-# What the protocol-v2 intervals mean, and what they do not cover (README and page).
-V2_INTRO = (
+# What the numbers and intervals mean, and what they do not cover (README and page, in inline Markdown that
+# ``page.inline_markdown`` renders).
+INTRO = (
     "Each size N is merged on several task draws (the first N tasks of seeded permutations of the pool, so "
-    "sets are nested in N and the same for every method). **Avg. Normalized** is the mean over the draws; its "
+    "sets are nested in N and the same for every method). Scores are ×100 (accuracy, Spearman ρ or token F1). "
+    "**Avg. Normalized** (the headline, as in the STAR paper) is the mean over a draw's tasks of "
+    "100 · merged / LoRA, then over the draws; its "
     "**95 % CI** comes from a hierarchical paired bootstrap (B = 2000, fixed seed): draws are resampled, then "
     "each task's items, with the same indices for every method and for the LoRA and pretrained rows. "
-    "**Δ vs simple_avg** is the paired difference with its CI and P(Δ > 0); **rank 95 %** is the 2.5–97.5 % "
-    "range of a method's rank over the replicates; **tied 1st** (`=`) marks the methods whose paired CI of "
+    "**Δ vs simple_avg** is the paired difference with its CI and P(Δ > 0); **Rank [95 %]** is the rank and the "
+    "2.5–97.5 % range of a method's rank over the replicates; **Tied 1st** (`=`) marks the methods whose paired CI of "
     "the difference to the leader contains 0. Pairwise claims are Holm-adjusted (`merge-bench leaderboard "
     "show --json`, and the run record's `stats.pairs`)."
 )
-V2_NOT_COVERED = (
+RETAINED = (
+    "**Retained gain** is 100 · (merged − pretrained) / (LoRA − pretrained) per task, averaged the same way: "
+    "the share of what fine-tuning added that the merge keeps. The normalized score credits a merge with what "
+    "the untrained base already scores (guessing on a 3-class task earns 33 there); the retained gain puts the "
+    "pretrained model at 0 and the LoRA at 100. Its CI comes from the same bootstrap replicates. Tasks where the "
+    "LoRA does not beat pretrained would divide by noise: they are left out of it and named under the table. "
+    "The second table of each group gives every row's per-task scores with their Wilson 95 % intervals."
+)
+NOT_COVERED = (
     "What the intervals do not cover: engine nondeterminism (another backend, GPU or kernel can flip "
     "borderline greedy answers; HF vs vLLM is checked separately, and `merge-bench check` allows 0.5 points), "
     "and tasks outside the backbone's pool (the draws resample this pool only). With few draws the outer level "
@@ -66,80 +74,57 @@ V2_NOT_COVERED = (
 )
 
 
-V2_TRACKS = (
+TRACKS_TEXT = (
     "**Tuned vs default**: where a backbone, N and draw set has entries on both tracks, one table joins them, "
     "one row per method on both: its mean [95 % CI], rank (on that track's own table) and data on each track, "
     "what the tuned track's search chose (and the validation evaluations it spent), and the paired difference "
     "**Δ tuned − default** with its 95 % CI and P(Δ > 0), from the same hierarchical bootstrap as the rows "
     "(same B, seed and resampling indices: both tracks merge the same draws and score the same items). "
-    "**rank move** is the places gained when tuned."
+    "**Rank move** is the places gained when tuned."
 )
 # The shape of ``show --json`` (README only: the page has no command line).
-V2_TRACKS_JSON = (
-    "`merge-bench leaderboard show --json` prints one row per backbone, track, N and method; each row has "
-    "`vs_default`: on a tuned row whose method also has a default-track entry on the same draws, the paired "
+SHOW_JSON = (
+    "`merge-bench leaderboard show --json` prints one row per backbone, track, N and method, then the group's "
+    "pretrained and LoRA rows (`kind`); each row has `normalized`, `ci95`, `retained`, `retained_ci95`, "
+    "`retained_excluded` and `per_task` (draw, task, score, `wilson95`); `--csv` prints the same rows flat. Each "
+    "row has `vs_default`: on a tuned row whose method also has a default-track entry on the same draws, the paired "
     "`delta` (tuned − default), `delta_ci95`, `p_delta_gt0`, `default_normalized`, `default_ci95`, "
     "`default_rank` and `rank_change` (default rank − tuned rank); null on every other row."
 )
 
 
-def plot_names(group: Group) -> tuple[str, str]:
-    """(per-backbone normalized-vs-tasks plot, per-group heatmap) file names under plots/."""
-    return f"{group.backbone}_normalized_vs_tasks.png", f"{group.backbone}_{group.task_set}_heatmap.png"
+def plot_name(g: Group) -> str:
+    """The per-(backbone, track) plot under plots/."""
+    return f"{g.backbone}_{g.track}_normalized.png"
 
 
-def render_readme(groups: list[Group], groups_v2: list[GroupV2] = (), v2_plot=None,
-                  comparisons: list[TrackComparison] = ()) -> str:
+def heatmap_name(g: Group) -> str:
+    return f"{g.backbone}_{g.track}_{g.draw_set.id}_heatmap.png"
+
+
+def render_readme(groups: list[Group], comparisons: list[TrackComparison] = ()) -> str:
     lines = [
         "# merge-bench leaderboard",
         "",
-        "Generated by `merge-bench leaderboard build` from the entries under `v2/` (protocol v2) and "
-        f"`{LEADERBOARD_VERSION}/` (protocol v1); do not edit it by hand. Page: [index.html](index.html). "
-        "How to add a method: [CONTRIBUTING.md](CONTRIBUTING.md).",
+        "Generated by `merge-bench leaderboard build` from the entries under `v2/`; do not edit it by hand. "
+        "Page: [index.html](index.html). How to add a method: [CONTRIBUTING.md](CONTRIBUTING.md).",
         "",
-        "## Protocol v2: task draws and 95 % confidence intervals",
+        "## Task draws, two scores and 95 % confidence intervals",
         "",
-        V2_INTRO,
+        INTRO,
         "",
-        V2_NOT_COVERED,
+        RETAINED,
+        "",
+        NOT_COVERED,
         "",
     ]
-    lines += v2_markdown(list(groups_v2), v2_plot) if groups_v2 else ["No protocol v2 entries yet.", ""]
+    lines += markdown(list(groups), plot_name, heatmap_name) if groups else ["No entries yet.", ""]
     if comparisons:
-        lines += [V2_TRACKS, "", V2_TRACKS_JSON, ""] + tracks_markdown(list(comparisons))
-    lines += [
-        f"## Protocol v{PROTOCOL_VERSION} entries (one task set each, point estimates)",
-        "",
-        "Kept as published and validated as v1 (never migrated). They carry no interval: differences of a "
-        "few points between them are mostly sampling noise (see protocol v2 above).",
-        "",
-        f"Protocol v{PROTOCOL_VERSION}. Scores are ×100 (accuracy, Spearman ρ or token F1). "
-        "**Avg. Normalized** is the mean over the task set of 100 · score / LoRA score (not clipped "
-        "at 100). *Pretrained* is the base model (lower bound); *LoRA (individual)* is each task's own "
-        "adapter on its own task (upper bound, 100 by definition). Task-set ids are `n<K>-<hash of "
-        "the sorted task names>`.",
-        "",
-    ]
-    if not groups:
-        lines += ["No entries yet.", ""]
-    backbone = None
-    for group in groups:
-        if group.backbone != backbone:
-            backbone = group.backbone
-            plot = f"![normalized score vs number of tasks, {backbone}](plots/{plot_names(group)[0]})"
-            lines += [f"### {backbone}", "", plot, ""]
-        lines += [
-            f"#### {group.title}",
-            "",
-            f"{len(group.tasks)} tasks: {', '.join(group.tasks)}",
-            "",
-            render_table(group, tablefmt="github"),
-            "",
-            f"![per-task scores, {group.title}](plots/{plot_names(group)[1]})",
-            "",
-        ]
+        lines += [TRACKS_TEXT, "", SHOW_JSON, ""] + tracks_markdown(list(comparisons))
+    else:
+        lines += [SHOW_JSON, ""]
     lines += ["## Protocol notes", "",
-              "Where the reference implementation (STAR, IBM/STAR @ e6bfcf7) has bugs, protocol "
-              f"v{PROTOCOL_VERSION} does not reproduce them:", ""]
+              "Where the reference implementation (STAR, IBM/STAR @ e6bfcf7) has bugs, the protocol does not "
+              "reproduce them:", ""]
     lines += [f"- {note}" for note in PROTOCOL_NOTES]
     return "\n".join(lines) + "\n"

@@ -1,8 +1,8 @@
 """The leaderboard entry schema (pydantic), its content hash and its JSON Schema export.
 
-One entry = one (backbone, task set, method, params) result, with the pretrained and LoRA
-reference rows of the same run and enough provenance to rerun it. Decisions where the brief was
-silent:
+One entry = one (backbone, track, N, method) result on every task draw of its draw set, with the pretrained
+and LoRA reference rows of the same run, the per-item files its numbers are recomputed from, and enough
+provenance to rerun it. Decisions where the brief was silent:
 
 - ``entry_sha256`` is the sha256 of the canonical JSON (sorted keys, no whitespace, UTF-8) of the
   entry's JSON form without the hash itself. Validation hashes the file's raw JSON, so a change to
@@ -15,46 +15,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from datetime import datetime
+from pathlib import PurePosixPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator, model_validator
 
-SCHEMA_VERSION = 1
-# The leaderboard version follows the protocol version: v1 = protocol v1 (protocol.md).
-LEADERBOARD_VERSION = "v1"
-PROTOCOL_VERSION = 1
+# The leaderboard version follows the protocol version (protocol.md): v2 = task draws with bootstrap CIs.
+SCHEMA_VERSION = 2
+LEADERBOARD_VERSION = "v2"
+PROTOCOL_VERSION = 2
 
 _SHA256 = r"^[0-9a-f]{64}$"
 Sha256 = Field(pattern=_SHA256)
-_TASK_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ScoreRow(_Strict):
-    """Per-task scores (0–100) and their normalized score (mean of 100·score/LoRA)."""
-
-    scores: dict[str, FiniteFloat]
-    normalized: FiniteFloat
-
-
-class TaskSet(_Strict):
-    id: str = Field(pattern=r"^n[0-9]+-[0-9a-f]{8}$")
-    tasks: list[str] = Field(min_length=1)
-
-    @field_validator("tasks")
-    @classmethod
-    def _sorted_unique(cls, tasks: list[str]) -> list[str]:
-        bad = [t for t in tasks if not _TASK_NAME.match(t)]
-        if bad:
-            raise ValueError(f"task names must be short lower-case names, got {bad}")
-        if tasks != sorted(set(tasks)):
-            raise ValueError(f"tasks must be sorted and unique, got {tasks}")
-        return tasks
 
 
 class MethodInfo(_Strict):
@@ -140,30 +117,6 @@ class Provenance(_Strict):
     merged_sha256: str | None = Field(default=None, pattern=_SHA256)
 
 
-class Entry(_Strict):
-    schema_version: Literal[1] = SCHEMA_VERSION
-    leaderboard_version: Literal["v1"] = LEADERBOARD_VERSION
-    protocol_version: Literal[1] = PROTOCOL_VERSION
-    backbone: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    task_set: TaskSet
-    method: MethodInfo
-    scores: dict[str, FiniteFloat]
-    normalized: FiniteFloat
-    pretrained: ScoreRow
-    lora: ScoreRow
-    provenance: Provenance
-    entry_sha256: str = Sha256
-
-    def content(self) -> dict[str, Any]:
-        """The JSON form without the hash: what ``entry_sha256`` covers."""
-        data = self.model_dump(mode="json")
-        data.pop("entry_sha256")
-        return data
-
-    def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-
-
 def canonical_json(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
@@ -173,25 +126,6 @@ def content_sha256(data: dict[str, Any]) -> str:
     rest = {k: v for k, v in data.items() if k != "entry_sha256"}
     return hashlib.sha256(canonical_json(rest).encode("utf-8")).hexdigest()
 
-
-def seal(fields: dict[str, Any]) -> Entry:
-    """Build an Entry from its fields (without hash) and set ``entry_sha256``."""
-    draft = Entry.model_validate({**fields, "entry_sha256": "0" * 64})
-    return draft.model_copy(update={"entry_sha256": content_sha256(draft.content())})
-
-
-def json_schema() -> dict[str, Any]:
-    schema = Entry.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = f"merge-bench leaderboard entry (schema_version {SCHEMA_VERSION})"
-    return schema
-
-
-# ---- Protocol v2 (leaderboard/v2): one entry per (backbone, track, N, method) holding every task draw ----
-
-SCHEMA_VERSION_2 = 2
-LEADERBOARD_VERSION_2 = "v2"
-TRACKS = ("default",)
 
 
 class DrawInfo(_Strict):
@@ -235,19 +169,35 @@ class Tuning(_Strict):
 
 
 class Aggregate(_Strict):
-    """The mean over draws of the normalized score, its bootstrap 95 % CI and the between-draw SD."""
+    """The mean over draws of the normalized score, its bootstrap 95 % CI and the between-draw SD; the retained
+    gain (``bench.stats``), its CI from the same replicates and per draw (None: n/a, a draw kept no task)."""
 
     normalized: FiniteFloat
     ci95: tuple[FiniteFloat, FiniteFloat]
     draw_sd: FiniteFloat | None
     per_draw: list[FiniteFloat]
+    retained: FiniteFloat | None
+    retained_ci95: tuple[FiniteFloat, FiniteFloat] | None
+    retained_per_draw: list[FiniteFloat] | None
 
 
 class ItemsFile(_Strict):
-    """A per-item score file, relative to the entry's folder, pinned by its sha256."""
+    """A per-item score file, relative to the entry's folder, pinned by its sha256.
+
+    The path must stay inside the entry's folder (a submission is untrusted input: ``../..`` or an absolute
+    path would make validation read any file of the machine that runs it)."""
 
     path: str
     sha256: str = Sha256
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, path: str) -> str:
+        parts = PurePosixPath(path).parts
+        if not parts or path.startswith(("/", "\\")) or ":" in path or "\\" in path or ".." in parts:
+            raise ValueError(f"{path!r} must be a relative path inside the entry's folder (no '..', no absolute "
+                             "path), such as items/methods/<method>.json")
+        return path
 
 
 class Items(_Strict):
@@ -268,10 +218,10 @@ class PretrainedRow(ReferenceRow):
     result: Aggregate
 
 
-class EntryV2(_Strict):
-    schema_version: Literal[2] = SCHEMA_VERSION_2
-    leaderboard_version: Literal["v2"] = LEADERBOARD_VERSION_2
-    protocol_version: Literal[2] = 2
+class Entry(_Strict):
+    schema_version: Literal[2] = SCHEMA_VERSION
+    leaderboard_version: Literal["v2"] = LEADERBOARD_VERSION
+    protocol_version: Literal[2] = PROTOCOL_VERSION
     backbone: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     track: Literal["default", "tuned"]
     n_tasks: int = Field(ge=1)
@@ -282,6 +232,7 @@ class EntryV2(_Strict):
     result: Aggregate
     pretrained: PretrainedRow
     lora: ReferenceRow
+    retained_excluded: list[str]        # tasks where the LoRA does not beat pretrained: not in the retained gain
     items: Items
     bootstrap: BootstrapInfo
     provenance: Provenance
@@ -312,13 +263,13 @@ class EntryV2(_Strict):
         return sorted({t for d in self.draw_set.draws for t in d.tasks})
 
 
-def seal_v2(fields: dict[str, Any]) -> EntryV2:
-    draft = EntryV2.model_validate({**fields, "entry_sha256": "0" * 64})
+def seal(fields: dict[str, Any]) -> Entry:
+    draft = Entry.model_validate({**fields, "entry_sha256": "0" * 64})
     return draft.model_copy(update={"entry_sha256": content_sha256(draft.content())})
 
 
-def json_schema_v2() -> dict[str, Any]:
-    schema = EntryV2.model_json_schema()
+def json_schema() -> dict[str, Any]:
+    schema = Entry.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = f"merge-bench leaderboard entry (schema_version {SCHEMA_VERSION_2}, protocol v2)"
+    schema["title"] = f"merge-bench leaderboard entry (schema_version {SCHEMA_VERSION}, protocol v{PROTOCOL_VERSION})"
     return schema

@@ -1,4 +1,4 @@
-"""``merge-bench submit``: run the standard protocol for one method and write its leaderboard entry."""
+"""``merge-bench submit``: run the protocol for one method (every draw of every size) and write its entries."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from ..merging.methods import get_method
 from .check import Runner
-from .convert import entries_from_record, plugin_file_info
+from .convert import entries_from_sweep, plugin_file_info
 from .schema import Entry
-from .store import entry_files, entry_path, read_entry, write_entry
-from .validate import check_entry_data, reference_mismatches
+from .store import entry_path, write_new
+from .validate import check_entry
 
 if TYPE_CHECKING:
     from ..bench.plan import ExecutorConfig
@@ -43,81 +43,8 @@ def parse_params(method: str, items: list[str]) -> dict[str, Any]:
 
 
 def _same_result(a: Entry, b: Entry) -> bool:
-    """Same numbers, method, params and inputs; the run date and hardware may differ."""
+    """Same numbers, method, params and inputs; the run date, hardware and merge-bench commit may differ."""
     def core(e: Entry) -> dict[str, Any]:
-        data = e.content()
-        for key in ("date", "hardware"):
-            data["provenance"].pop(key)
-        return data
-    return core(a) == core(b)
-
-
-def refuse_unstable(record: Mapping[str, Any]) -> None:
-    """A leaderboard entry needs a defined, stable normalized score on every task of its set."""
-    note = (record.get("normalization") or {}).get("note")
-    if note:
-        raise ValueError(f"the run is not a valid leaderboard entry: {note}. Nothing was written; check the "
-                         "adapters and the task data (run record under the run's --out)")
-
-
-def submit(
-    method: str, backbone: str, *, root: Path, n_tasks: int | None = None, tasks: list[str] | None = None,
-    params: Mapping[str, Any] | None = None, seed: int = 42, backend: str = "auto", device: str = "auto",
-    overwrite: bool = False, runner: Runner | None = None, out: Path | None = None, batch_size: int | None = None,
-) -> SubmitResult:
-    """Run ``method`` on the backbone's task set, validate the entry against the leaderboard, write it.
-
-    An existing entry at the same place with other results is kept unless ``overwrite``; one with
-    the same results (only the date or hardware differ) is left as it was.
-    """
-    if n_tasks is not None and tasks is not None:
-        raise ValueError("give --n-tasks or --tasks, not both")
-    if runner is None:
-        from ..bench.run import run_benchmark as runner  # noqa: N813
-    from ..bench.run import RunConfig
-
-    cls = get_method(method)
-    plugins = {}
-    if ".py:" in method:
-        name, info = plugin_file_info(method)
-        plugins[name] = info
-    kwargs: dict[str, Any] = dict(backbone=backbone, n_tasks=n_tasks, tasks=tasks, methods=[method],
-                                  params={cls.name: dict(params or {})}, seed=seed, backend=backend,
-                                  device=device, limit=None, batch_size=batch_size)
-    if out is not None:
-        kwargs["out"] = Path(out)
-    record = runner(RunConfig(**kwargs))
-    refuse_unstable(record)
-    entries = [e for e in entries_from_record(record, plugins) if e.method.name == cls.name]
-    if len(entries) != 1:
-        raise ValueError(f"the run produced {len(entries)} results for method {cls.name!r}, expected 1")
-    entry = entries[0]
-
-    root = Path(root)
-    path = entry_path(root, entry)
-    entry_problems = check_entry_data(entry.model_dump(mode="json"), path, root)[1]
-    siblings = [p for p in entry_files(root) if p.parent == path.parent and p != path]
-    ref_problems = reference_mismatches(path, entry, siblings[0], read_entry(siblings[0])) if siblings else []
-    problems = entry_problems + ref_problems
-    if problems:
-        raise ValueError("the new entry does not validate:\n  " + "\n  ".join(map(str, problems)))
-
-    status = "written"
-    if path.exists():
-        old = read_entry(path)
-        if _same_result(old, entry):
-            return SubmitResult(old, path, "unchanged")
-        if not overwrite:
-            raise ValueError(f"{path} already holds a different result for {entry.method.key} "
-                             f"(normalized {old.normalized:.4f}, now {entry.normalized:.4f}); "
-                             "pass --overwrite to replace it")
-        status = "overwritten"
-    write_entry(root, entry)
-    return SubmitResult(entry, path, status)
-
-
-def _same_v2(a, b) -> bool:
-    def core(e) -> dict[str, Any]:
         data = e.content()
         for key in ("date", "hardware", "merge_bench"):
             data["provenance"].pop(key)
@@ -129,18 +56,16 @@ def write_sweep_entries(root: Path, record: Mapping[str, Any], *, method: str | 
                         plugins: Mapping[str, dict[str, Any]] | None = None) -> list[SubmitResult]:
     """Write the v2 entries of a sweep record (every method, or only ``method``'s); all are checked before
     any is written. An entry with other numbers at the same place is kept unless ``overwrite``."""
-    from .sweeps import EntryV2, check_entry_v2, entries_from_sweep, entry_path as v2_path, write_new
-
     news = [n for n in entries_from_sweep(record, plugins=plugins) if method is None or n.entry.method.name == method]
     if not news:
         raise ValueError(f"the sweep produced no results for method {method!r}")
     plan = []
     for new in news:
-        path = v2_path(root, new.entry)
+        path = entry_path(root, new.entry)
         status = "written"
         if path.exists():
-            old = EntryV2.model_validate_json(path.read_text(encoding="utf-8"))
-            if _same_v2(old, new.entry):
+            old = Entry.model_validate_json(path.read_text(encoding="utf-8"))
+            if _same_result(old, new.entry):
                 plan.append((new, path, "unchanged"))
                 continue
             if not overwrite:
@@ -153,7 +78,7 @@ def write_sweep_entries(root: Path, record: Mapping[str, Any], *, method: str | 
     for new, path, status in plan:
         if status != "unchanged":
             write_new(root, new)
-            _, problems = check_entry_v2(path, Path(root))
+            _, problems = check_entry(path, Path(root))
             if problems:
                 raise ValueError("the new entry does not validate:\n  " + "\n  ".join(map(str, problems)))
         results.append(SubmitResult(new.entry, path, status))
@@ -165,8 +90,9 @@ def submit_sweep(method: str, backbone: str, *, root: Path, sizes: list[int], dr
                  overwrite: bool = False, runner: Runner | None = None, out: Path | None = None,
                  batch_size: int | None = None, track: str = "default",
                  executor: ExecutorConfig | None = None) -> list[SubmitResult]:
-    """Protocol v2: run ``method`` on every draw of every size (on ``track``) and write one entry per size;
-    ``executor``: where the evaluations run (``--executor ray``), the entries are the same either way."""
+    """Run ``method`` on every draw of every size (on ``track``) and write one entry per size; ``draws=1`` gives
+    one-draw entries. ``executor``: where the evaluations run (``--executor ray``), the entries are the same
+    either way."""
     from ..bench.run import RunConfig
 
     if runner is None:

@@ -1,4 +1,4 @@
-"""The two protocol-v2 tracks side by side (issue 13): for every (backbone, N, draw set) with entries on both the
+"""The two tracks side by side: for every (backbone, N, draw set) with entries on both the
 default and the tuned track, each method present on both with its two rows and the paired difference
 tuned − default, its 95 % CI and P(Δ > 0).
 
@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from ..bench import stats
-from .schema import EntryV2
-from .sweeps import GroupV2, Loaded, draws_of, fingerprint
+from .groups import Group
+from .schema import Entry
+from .validate import Loaded, draws_of, fingerprint
 
 TRACKS = ("default", "tuned")
 
@@ -30,8 +31,8 @@ class TrackRow:
     """One method on both tracks: its entries, each track's statistics row, and the paired tuned − default."""
 
     key: str
-    default: EntryV2
-    tuned: EntryV2
+    default: Entry
+    tuned: Entry
     default_stats: dict[str, Any]   # the method's row of the default folder's group statistics
     tuned_stats: dict[str, Any]
     delta: float
@@ -105,7 +106,7 @@ def _paired(d: Loaded, t: Loaded, plan: stats.ResamplePlan | None) -> dict[str, 
     return result["methods"][names[1]]
 
 
-def _calibration_free_ties(members: list[Loaded], group: GroupV2, plan: stats.ResamplePlan | None) -> list[str]:
+def _calibration_free_ties(members: list[Loaded], group: Group, plan: stats.ResamplePlan | None) -> list[str]:
     """The tie group among a folder's methods that use no calibration data."""
     free = [m for m in members if "calibration" not in m.entry.data]
     if len(free) == len(members):
@@ -113,7 +114,7 @@ def _calibration_free_ties(members: list[Loaded], group: GroupV2, plan: stats.Re
     return stats.bootstrap(draws_of(free), B=0, plan=plan, reference=None).to_dict()["tie_group"] if free else []
 
 
-def _calibration_free(folders: dict[str, list[Loaded]], groups: dict[str, GroupV2],
+def _calibration_free(folders: dict[str, list[Loaded]], groups: dict[str, Group],
                       plan: stats.ResamplePlan | None) -> dict[str, list[str]] | None:
     """Each track's calibration-free tie group; None when no method of either track uses calibration data."""
     if not any("calibration" in m.entry.data for members in folders.values() for m in members):
@@ -121,7 +122,7 @@ def _calibration_free(folders: dict[str, list[Loaded]], groups: dict[str, GroupV
     return {t: _calibration_free_ties(folders[t], groups[t], plan) for t in TRACKS}
 
 
-def compare(default: list[Loaded], tuned: list[Loaded], groups: dict[str, GroupV2]) -> TrackComparison:
+def compare(default: list[Loaded], tuned: list[Loaded], groups: dict[str, Group]) -> TrackComparison:
     """Both folders of one (backbone, N, draw set); ``groups`` holds each track's group statistics."""
     _check_same_stack(default, tuned)
     e = default[0].entry
@@ -145,9 +146,9 @@ def compare(default: list[Loaded], tuned: list[Loaded], groups: dict[str, GroupV
         only_on={t: sorted(set(by_key[t]) - set(common)) for t in TRACKS}, rows=rows)
 
 
-def compare_tracks(loaded: list[Loaded], groups: list[GroupV2]) -> list[TrackComparison]:
+def compare_tracks(loaded: list[Loaded], groups: list[Group]) -> list[TrackComparison]:
     """One comparison per (backbone, N, draw set) among ``groups`` that has a folder on each track, in the
-    groups' order; ``loaded`` are the validated entries with their items (``validate_v2``)."""
+    groups' order; ``loaded`` are the validated entries with their items (``validate_leaderboard``)."""
     members: dict[tuple[str, str, str], list[Loaded]] = {}
     for item in sorted(loaded, key=lambda x: x.entry.method.key):
         e = item.entry

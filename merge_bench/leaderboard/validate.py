@@ -1,4 +1,5 @@
-"""Check leaderboard entries: schema, hash, recomputed scores, known methods, consistent references.
+"""Check leaderboard entries: schema, hash, location, draws, method, every number against the per-item files,
+and that the entries of one folder share their draws and reference rows.
 
 Every problem names the file and the field; nothing stops at the first problem, so one run of
 ``merge-bench leaderboard validate`` lists everything to fix.
@@ -10,16 +11,21 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from pydantic import ValidationError
 
-from ..merging.methods import available_methods
+from ..bench import stats
+from ..bench.draws import task_sets
 from ..bench.scores import normalized as normalized_score
 from ..io.files import sha256_file
-from .convert import NORMALIZED_TOLERANCE
+from ..merging.methods import available_methods
+from .convert import sha256_text
 from .schema import Entry, content_sha256
-from .store import entry_files, entry_relpath, task_set_id
+from .store import draw_set_id, entry_files, entry_path
+
+SCORE_TOLERANCE = 1e-4   # per-task scores recomputed from the items (0–100 scale)
+STAT_TOLERANCE = 2e-4    # aggregates are stored at 4 decimals
 
 
 @dataclass(frozen=True)
@@ -41,10 +47,6 @@ def _schema_problems(path: Path, err: ValidationError) -> list[Problem]:
             kind = "unknown field (not in the entry schema)"
         out.append(Problem(path, field, kind))
     return out
-
-
-def _close(a: float, b: float) -> bool:
-    return math.isclose(a, b, rel_tol=0, abs_tol=NORMALIZED_TOLERANCE)
 
 
 def _method_problems(path: Path, entry, plugin_base: Path | None, implied: tuple[str, ...] = ()) -> list[Problem]:
@@ -85,111 +87,6 @@ def _method_problems(path: Path, entry, plugin_base: Path | None, implied: tuple
     return out
 
 
-def check_entry_data(data: Any, path: Path, root: Path | None = None) -> tuple[Entry | None, list[Problem]]:
-    """Check one entry's raw JSON data; returns the parsed Entry (None if the schema fails) and problems."""
-    if not isinstance(data, dict):
-        return None, [Problem(path, "(entry)", f"expected a JSON object, got {type(data).__name__}")]
-    problems: list[Problem] = []
-    stated = data.get("entry_sha256")
-    if isinstance(stated, str):
-        try:
-            actual = content_sha256(data)
-        except ValueError as err:  # NaN/inf cannot be hashed canonically
-            actual = f"(unhashable: {err})"
-        if actual != stated:
-            problems.append(Problem(path, "entry_sha256", f"content hash mismatch: the file hashes to {actual}, "
-                                    f"the entry states {stated} (edited by hand or corrupted)"))
-    try:
-        entry = Entry.model_validate(data)
-    except ValidationError as err:
-        return None, problems + _schema_problems(path, err)
-
-    tasks = entry.task_set.tasks
-    if entry.task_set.id != task_set_id(tasks):
-        problems.append(Problem(path, "task_set.id", f"{entry.task_set.id!r} does not match the tasks {tasks} "
-                                f"(expected {task_set_id(tasks)!r})"))
-    if root is not None:
-        expected = entry_relpath(entry.backbone, entry.task_set.id, entry.method.key)
-        try:
-            actual_rel = Path(path).resolve().relative_to(Path(root).resolve())
-        except ValueError:
-            actual_rel = None
-        if actual_rel != expected:
-            problems.append(Problem(path, "(location)", f"the entry belongs at {Path(root) / expected}"))
-    if entry.provenance.backbone.name != entry.backbone:
-        problems.append(Problem(path, "provenance.backbone.name",
-                                f"{entry.provenance.backbone.name!r} differs from backbone {entry.backbone!r}"))
-    keyed = {
-        "scores": entry.scores, "pretrained.scores": entry.pretrained.scores, "lora.scores": entry.lora.scores,
-        "provenance.adapters": entry.provenance.adapters, "provenance.tasks": entry.provenance.tasks,
-    }
-    task_keys_ok = True
-    for field, mapping in keyed.items():
-        if sorted(mapping) != tasks:
-            task_keys_ok = False
-            problems.append(Problem(path, field, f"has tasks {sorted(mapping)}, but the task set is {tasks}"))
-    if task_keys_ok:
-        zero = [t for t in tasks if entry.lora.scores[t] == 0]
-        if zero:
-            problems.append(Problem(path, "lora.scores", f"LoRA score is 0 on {zero}: normalized scores are undefined"))
-        else:
-            for field, row_scores, stated_norm in (
-                ("normalized", entry.scores, entry.normalized),
-                ("pretrained.normalized", entry.pretrained.scores, entry.pretrained.normalized),
-                ("lora.normalized", entry.lora.scores, entry.lora.normalized),
-            ):
-                computed = normalized_score(row_scores, entry.lora.scores)
-                if not _close(computed, stated_norm):
-                    problems.append(Problem(path, field, f"states {stated_norm!r} but the per-task scores give "
-                                            f"{computed!r} (tolerance {NORMALIZED_TOLERANCE})"))
-    problems += _method_problems(path, entry, root.parent if root is not None else None)
-    return entry, problems
-
-
-def _reference_fingerprint(entry: Entry) -> dict[str, Any]:
-    prov = entry.provenance
-    out: dict[str, Any] = {}
-    for t in entry.task_set.tasks:
-        out[f"pretrained.scores.{t}"] = entry.pretrained.scores.get(t)
-        out[f"lora.scores.{t}"] = entry.lora.scores.get(t)
-        if t in prov.adapters:
-            out[f"provenance.adapters.{t}.sha256"] = prov.adapters[t].sha256
-        if t in prov.tasks:
-            out[f"provenance.tasks.{t}.sample_ids_sha256"] = prov.tasks[t].sample_ids_sha256
-    out["provenance.backbone.base_sha256"] = prov.backbone.base_sha256
-    return out
-
-
-def reference_mismatches(path: Path, entry: Entry, ref_path: Path, ref: Entry) -> list[Problem]:
-    """Where ``entry`` disagrees with ``ref`` (same backbone × task set) on the reference rows."""
-    ref_fp = _reference_fingerprint(ref)
-    problems = []
-    for field, value in _reference_fingerprint(entry).items():
-        base = ref_fp.get(field)
-        same = _close(value, base) if isinstance(value, float) and isinstance(base, float) else value == base
-        if not same:
-            problems.append(Problem(path, field, f"{value!r} differs from {base!r} in {ref_path}: "
-                                    "entries of one backbone × task set share their reference rows"))
-    return problems
-
-
-def check_references(entries: Iterable[tuple[Path, Entry]]) -> list[Problem]:
-    """Entries of one backbone × task set must share the pretrained and LoRA rows (and what they rest on).
-
-    The first entry of a group by path is the reference the others are compared with.
-    """
-    groups: dict[tuple[str, str], list[tuple[Path, Entry]]] = defaultdict(list)
-    for path, entry in entries:
-        groups[(entry.backbone, entry.task_set.id)].append((path, entry))
-    problems = []
-    for members in groups.values():
-        members.sort(key=lambda pe: str(pe[0]))
-        ref_path, ref = members[0]
-        for path, entry in members[1:]:
-            problems += reference_mismatches(path, entry, ref_path, ref)
-    return problems
-
-
 def load_raw(path: Path) -> tuple[Any, list[Problem]]:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8")), []
@@ -197,21 +94,201 @@ def load_raw(path: Path) -> tuple[Any, list[Problem]]:
         return None, [Problem(path, "(file)", f"cannot read JSON: {err}")]
 
 
-def validate_leaderboard(root: Path) -> tuple[list[Entry], list[Problem]]:
-    """Validate every entry under ``root``; returns the entries that parsed and all problems."""
-    root = Path(root)
-    if not root.is_dir():
+@dataclass(frozen=True)
+class Loaded:
+    path: Path
+    entry: Entry
+    reference: dict[str, Any]
+    method: dict[str, Any]
+
+
+def _items(path: Path, pinned, problems: list, field: str) -> dict[str, Any] | None:
+    file = path.parent / pinned.path
+    if path.parent.resolve() not in file.resolve().parents:  # the schema refuses '..'; a symlink could still leave
+        problems.append(Problem(path, f"{field}.path", f"{pinned.path!r} leads outside the entry's folder"))
+        return None
+    if not file.is_file():
+        problems.append(Problem(path, field, f"per-item file {file} is missing"))
+        return None
+    text = file.read_text(encoding="utf-8")
+    if sha256_text(text) != pinned.sha256:
+        problems.append(Problem(path, field, f"{file} has sha256 {sha256_text(text)}, the entry pins {pinned.sha256}"))
+        return None
+    return json.loads(text)
+
+
+def draws_of(entries: list[Loaded], keys: list[str] | None = None) -> list[stats.Draw]:
+    """The bootstrap draws of entries sharing one draw set and reference rows (the first entry's), methods
+    keyed by ``keys`` in entry order (default: the method keys; two tracks' rows of one method need others)."""
+    first = entries[0].entry
+    metric = {t: i.metric for t, i in first.provenance.tasks.items()}
+    names = keys if keys is not None else [e.entry.method.key for e in entries]
+    out = []
+    for d, draw in enumerate(first.draw_set.draws):
+        ref = entries[0].reference
+        out.append(stats.Draw({t: stats.TaskItems("spearman" if metric[t] == "spearman" else "mean",
+                                                  ref["pretrained"][t], ref["lora"][t],
+                                                  {k: e.method["draws"][d]["tasks"][t] for k, e in zip(names, entries)})
+                               for t in draw.tasks}))
+    return out
+
+
+def _close(a: float | None, b: float | None, tol: float) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and math.isclose(a, b, abs_tol=tol))
+
+
+def _numbers(loaded: Loaded) -> list:
+    """Every stated number against the items: task scores, per-draw normalized, mean, CI, SD, retained gain."""
+    e, path, problems = loaded.entry, loaded.path, []
+    point = stats.bootstrap(draws_of([loaded]), B=0)
+    key = e.method.key
+    for d, row in enumerate(e.per_draw):
+        for t, score in row.scores.items():
+            got = point.tasks[f"{t}@{d}" if len(e.per_draw) > 1 else t].scores[key]
+            if not _close(got, score, SCORE_TOLERANCE):
+                problems.append(Problem(path, f"per_draw[{d}].scores.{t}", f"states {score}, the items give {got}"))
+        want = normalized_score(row.scores, e.lora.scores)
+        if not _close(want, row.normalized, 1e-6):
+            problems.append(Problem(path, f"per_draw[{d}].normalized", f"states {row.normalized}, the scores give {want}"))
+    for row in ("pretrained", "lora"):
+        for t, stated in getattr(e, row).scores.items():
+            got = next(v.scores[row] for k, v in point.tasks.items() if k.split("@")[0] == t)
+            if not _close(got, stated, SCORE_TOLERANCE):
+                problems.append(Problem(path, f"{row}.scores.{t}", f"states {stated}, the items give {got}"))
+    full = stats.bootstrap(draws_of([loaded]), B=e.bootstrap.B, seed=e.bootstrap.seed).to_dict()
+    for field, stated, row in (("result", e.result, full["methods"][key]), ("pretrained.result", e.pretrained.result,
+                                                                           full["pretrained"])):
+        pairs = [("normalized", stated.normalized, row["normalized"]), ("draw_sd", stated.draw_sd, row["draw_sd"]),
+                 ("ci95[0]", stated.ci95[0], row["normalized_ci95"][0]),
+                 ("ci95[1]", stated.ci95[1], row["normalized_ci95"][1])]
+        pairs += [(f"per_draw[{i}]", a, b) for i, (a, b) in enumerate(zip(stated.per_draw, row["per_draw"]))]
+        pairs += [("retained", stated.retained, row["retained"])]
+        pairs += [(f"retained_ci95[{i}]", (stated.retained_ci95 or (None, None))[i],
+                   (row["retained_ci95"] or (None, None))[i]) for i in (0, 1)]
+        pairs += [(f"retained_per_draw[{i}]", a, b)
+                  for i, (a, b) in enumerate(zip(stated.retained_per_draw or [], row["retained_per_draw"] or []))]
+        for name, a, b in pairs:
+            if not _close(a, b, STAT_TOLERANCE):
+                problems.append(Problem(path, f"{field}.{name}", f"states {a}, the items give {b}"))
+    if e.retained_excluded != full["retained_excluded"]:
+        problems.append(Problem(path, "retained_excluded", f"states {e.retained_excluded}, the items give "
+                                f"{full['retained_excluded']} (the tasks where the LoRA does not beat pretrained)"))
+    return problems
+
+
+def _tuning_problems(path: Path, entry: Entry) -> list:
+    """A tuned entry: one search per draw, within its budget, starting at the entry's params (with the
+    draw's seed), its choice the first best of its path; a default-track entry has no tuning."""
+    if entry.track == "default":
+        return [Problem(path, "tuning", "a default-track entry has no tuning")] if entry.tuning is not None else []
+    if entry.tuning is None or [t.index for t in entry.tuning] != [d.index for d in entry.draw_set.draws]:
+        return [Problem(path, "tuning", "a tuned entry holds one search per draw, in draw order")]
+    problems = [] if entry.data.startswith("validation") else [Problem(path, "data", "a tuned entry uses validation data")]
+    for i, t in enumerate(entry.tuning):
+        where = f"tuning[{i}]"
+        start = t.path[0].params
+        if {k: v for k, v in start.items() if k != "seed"} != entry.method.params:
+            problems.append(Problem(path, f"{where}.path[0]", f"starts at {start}, not the entry's params"))
+        if not t.evaluations == len(t.path) <= t.budget:
+            problems.append(Problem(path, f"{where}.evaluations", f"{t.evaluations} evaluations, {len(t.path)} "
+                                    f"steps, budget {t.budget}: must be equal, within the budget"))
+        best = max(step.validation_score for step in t.path)
+        first = next(step for step in t.path if step.validation_score == best)
+        if t.chosen != first.params or not _close(t.validation_score, best, STAT_TOLERANCE):
+            problems.append(Problem(path, f"{where}.chosen", "is not the first best configuration of the path"))
+    return problems
+
+
+def _seeded_draws(entry: Entry) -> list[list[str]] | None:
+    """The draws the entry's seed gives on its backbone's pool (None for a backbone not registered here)."""
+    from ..backbones import get_backbone
+
+    try:
+        pool = get_backbone(entry.backbone).pickable_tasks
+    except (KeyError, ValueError):
+        return None
+    try:
+        sets = task_sets(pool, [entry.n_tasks], entry.draw_set.requested, entry.draw_set.seed)[entry.n_tasks]
+    except ValueError:
+        return []
+    return [sorted(s) for s in sets]
+
+
+def check_entry(path: Path, root: Path) -> tuple[Loaded | None, list]:
+    data, problems = load_raw(path)
+    if problems:
+        return None, problems
+    if isinstance(data, dict) and isinstance(data.get("entry_sha256"), str) and content_sha256(data) != data["entry_sha256"]:
+        problems.append(Problem(path, "entry_sha256", f"content hash mismatch: the file hashes to "
+                                f"{content_sha256(data)}, the entry states {data['entry_sha256']} (edited by hand?)"))
+    try:
+        entry = Entry.model_validate(data)
+    except ValidationError as err:
+        return None, problems + _schema_problems(path, err)
+    if Path(path).resolve() != entry_path(root, entry).resolve():
+        problems.append(Problem(path, "(location)", f"the entry belongs at {entry_path(root, entry)}"))
+    sets = [d.tasks for d in entry.draw_set.draws]
+    if entry.draw_set.id != draw_set_id(entry.n_tasks, sets):
+        problems.append(Problem(path, "draw_set.id", f"does not match the draws (expected "
+                                f"{draw_set_id(entry.n_tasks, sets)})"))
+    if any(len(s) != entry.n_tasks or len(set(s)) != len(s) for s in sets):
+        problems.append(Problem(path, "draw_set.draws", f"every draw needs {entry.n_tasks} distinct tasks"))
+    elif (seeded := _seeded_draws(entry)) is not None and [sorted(s) for s in sets] != seeded:
+        problems.append(Problem(path, "draw_set.draws", f"are not the draws of seed {entry.draw_set.seed} "
+                                f"(--draws {entry.draw_set.requested}): expected {seeded}"))
+    if [d.index for d in entry.per_draw] != [d.index for d in entry.draw_set.draws] or \
+            any(sorted(r.scores) != sorted(d.tasks) for r, d in zip(entry.per_draw, entry.draw_set.draws)):
+        problems.append(Problem(path, "per_draw", "must list each draw of draw_set, with scores on its tasks"))
+    tasks = entry.tasks
+    for field, mapping in (("pretrained.scores", entry.pretrained.scores), ("lora.scores", entry.lora.scores),
+                           ("provenance.adapters", entry.provenance.adapters),
+                           ("provenance.tasks", entry.provenance.tasks)):
+        if sorted(mapping) != tasks:
+            problems.append(Problem(path, field, f"has tasks {sorted(mapping)}, the draws use {tasks}"))
+    problems += _method_problems(path, entry, root.parent, implied=("seed",))
+    problems += _tuning_problems(path, entry)
+    reference = _items(path, entry.items.reference, problems, "items.reference")
+    method = _items(path, entry.items.method, problems, "items.method")
+    if reference is None or method is None or problems:
+        return None, problems
+    loaded = Loaded(path, entry, reference, method)
+    try:
+        problems += _numbers(loaded)
+    except (KeyError, IndexError, ValueError, TypeError) as err:
+        problems.append(Problem(path, "items", f"the per-item files do not fit the entry: {err!r}"))
+    return (loaded if not problems else None), problems
+
+
+def fingerprint(e: Entry) -> dict[str, Any]:
+    """What entries compared on the same items must share: draws, reference rows, base, adapters, samples."""
+    return {"draw_set": e.draw_set.model_dump(), "reference": e.items.reference.sha256, "n_tasks": e.n_tasks,
+            "base": e.provenance.backbone.base_sha256,
+            "adapters": {t: a.sha256 for t, a in e.provenance.adapters.items()},
+            "samples": {t: i.sample_ids_sha256 for t, i in e.provenance.tasks.items()}}
+
+
+def validate_leaderboard(root: Path) -> tuple[list[Loaded], list[Problem]]:
+    """Every entry checked alone, then each folder for one shared draw set and reference."""
+    if not Path(root).is_dir():
         raise FileNotFoundError(f"leaderboard directory {root} does not exist")
-    parsed: list[tuple[Path, Entry]] = []
-    problems: list[Problem] = []
+    loaded, problems = [], []
     for path in entry_files(root):
-        data, read_problems = load_raw(path)
-        problems += read_problems
-        if read_problems:
-            continue
-        entry, entry_problems = check_entry_data(data, path, root)
-        problems += entry_problems
-        if entry is not None:
-            parsed.append((path, entry))
-    problems += check_references(parsed)
-    return [e for _, e in parsed], problems
+        item, found = check_entry(path, Path(root))
+        problems += found
+        if item is not None:
+            loaded.append(item)
+    for members in by_folder(loaded).values():
+        first = fingerprint(members[0].entry)
+        for m in members[1:]:
+            mine = fingerprint(m.entry)
+            for field in sorted(k for k in first if first[k] != mine[k]):
+                problems.append(Problem(m.path, field, f"differs from {members[0].path}: the entries of one folder "
+                                        "share their draws, reference rows and inputs"))
+    return loaded, problems
+
+
+def by_folder(loaded: list[Loaded]) -> dict[Path, list[Loaded]]:
+    out: dict[Path, list[Loaded]] = defaultdict(list)
+    for item in sorted(loaded, key=lambda x: str(x.path)):
+        out[item.path.parent].append(item)
+    return out
