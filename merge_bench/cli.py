@@ -16,7 +16,10 @@ COMMANDS = ("merge", "methods", "tasks", "data", "run", "leaderboard", "submit",
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="merge-bench", description="Merge LoRA experts and benchmark merge methods.")
+    parser.add_argument("--version", action="version", version=f"merge-bench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         try:

@@ -173,3 +173,29 @@ def test_any_other_library_error_is_one_line_without_verbose(monkeypatch, capsys
     monkeypatch.setenv("MERGE_BENCH_TRACEBACK", "1")
     with pytest.raises(RuntimeError):
         main(["methods"])
+
+
+# --- the smaller things ------------------------------------------------------------------------------------
+
+def test_version_and_help_that_says_what_and_which_defaults(capsys):
+    from merge_bench import __version__
+    from merge_bench.bench.plan import DEFAULT_METHODS
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"merge-bench {__version__}\n"
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "The protocol on one backbone" in text  # a description
+    assert "--seed SEED seed of the task pick and the task draws" in text and "(default: 42)" in text
+    assert f"(default: {', '.join(DEFAULT_METHODS)})" in text
+    assert "KEY=VALUE alone when one method runs" in text
+
+
+def test_run_takes_the_merge_form_of_param_for_one_method():
+    from merge_bench.commands.run import parse_method_params
+
+    assert parse_method_params(["k=20", "ties.trim=local"], ["ties"]) == {"ties": {"k": "20", "trim": "local"}}
+    with pytest.raises(ValueError, match="key=value alone only when --methods names one method"):
+        parse_method_params(["k=20"], ["ties", "star"])

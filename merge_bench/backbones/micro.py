@@ -4,7 +4,11 @@ Everything is offline and takes seconds.
 
 The micro suite: A micro backbone for pipeline tests: the micro Llama, 3 micro tasks with lm-eval YAMLs, and
 trained micro adapters. Each task has a constant answer, so a LoRA learns it in a few steps and the
-base scores 0: a merged model's per-task scores then show how much of each adapter survived."""
+base scores 0: a merged model's per-task scores then show how much of each adapter survived. Two of the
+three tasks share their answer, so their adapters push the same way and a working merge (simple_avg,
+task_arithmetic) keeps it on those two tasks, while a merge that loses the task vectors scores 0 like the
+base: the smoke test can tell the two apart. (Three different answers left every merge of these
+unconditional adapters at 0.)"""
 from __future__ import annotations
 
 import json
@@ -38,7 +42,7 @@ def build_tokenizer(out: Path):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(CORPUS * 4, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
@@ -126,7 +130,8 @@ def train_micro_lora(base_dir: Path, out: Path, examples: list[tuple[str, str]],
     return Path(out)
 
 
-MICRO_TASKS = {"color": "blue", "animal": "cat", "answer": "yes"}
+MICRO_TASKS = {"color": "blue", "animal": "cat", "answer": "cat"}
+BUILT = "built by merge_bench.backbones.micro, suite 2 (animal and answer share their answer)\n"
 WORDS = "the quick brown fox jumps over lazy dog sentence question music guitar man person".split()
 
 TASK_YAML = """task: micro_{short}
@@ -189,14 +194,20 @@ def build_micro_suite(root: Path, base_dir: Path, n_test: int = 6) -> Backbone:
 def micro_backbone(root: Path) -> Backbone:
     """The micro backbone built once under ``root`` (reused while its completion marker is there)."""
     import shutil
+    import warnings
+
+    from ..io.console import no_library_bars
 
     root = Path(root)
     done = root / "COMPLETE"
-    if not done.is_file():
-        shutil.rmtree(root, ignore_errors=True)  # a build that was interrupted: start again
-        build_micro_llama(root / "base")
-        build_micro_suite(root / "suite", root / "base")
-        done.write_text("built by merge_bench.backbones.micro\n")
+    if not done.is_file() or done.read_text() != BUILT:
+        shutil.rmtree(root, ignore_errors=True)  # interrupted, or built by an older suite: start again
+        # quietly: a run's console holds merge-bench's lines only (no loading bars, no library deprecations)
+        with no_library_bars(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            build_micro_llama(root / "base")
+            build_micro_suite(root / "suite", root / "base")
+        done.write_text(BUILT)
     adapters = {s: AdapterRef(str(root / "suite" / "adapters" / s)) for s in MICRO_TASKS}
     return Backbone("micro", "micro", "local/micro-llama", adapters, local_base=lambda: root / "base",
                     task_dirs=(root / "suite" / "tasks",),

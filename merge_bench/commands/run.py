@@ -18,7 +18,7 @@ def parse_method_params(items: list[str], methods: list[str] | None = None) -> d
         if eq and not dot and method and single is not None:
             method, key = single, name
         elif not eq or not dot or not method or not key:
-            raise ValueError(f"bad --param {item!r}: expected METHOD.KEY=VALUE, e.g. star.eta=20 (KEY=VALUE alone "
+            raise ValueError(f"bad --param {item!r}: expected method.key=value, e.g. star.eta=20 (key=value alone "
                              "only when --methods names one method)")
         params.setdefault(method, {})[key] = value
     return params
@@ -30,15 +30,18 @@ def split_list(text: str | None) -> list[str] | None:
 
 def add_run_options(p) -> None:
     """Options shared by run, submit and check."""
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="backbone name or alias (default: tiny)")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                   help=f"backbone name or alias (default: {DEFAULT_BACKBONE}; see the README's backbones)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--n-tasks", help="draw this many of the backbone's tasks with --seed; several sizes "
                                          "(2,4,6) or --draws make a protocol-v2 sweep over task draws")
     group.add_argument("--tasks", help="comma-separated task names, or 'paper' for the STAR paper's set")
     p.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE",
-                   help="override a method parameter; repeatable")
+                   help="override a method parameter, e.g. star.eta=20 (KEY=VALUE alone when one method runs); "
+                        "repeatable")
     p.add_argument("--draws", help="task draws per size: a number, or 'all' subsets (at most 15 per size)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42,
+                   help="seed of the task pick and the task draws, and lm-eval's seeds (default: 42)")
     p.add_argument("--backend", choices=["auto", "hf", "vllm"], default="auto",
                    help="auto (default): the backbone's declared backend when it can run here, else hf")
     p.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda[:N]")
@@ -120,9 +123,14 @@ def run(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("run", help="evaluate pretrained, LoRA and merged models; print normalized scores")
+    p = sub.add_parser("run", help="evaluate pretrained, LoRA and merged models; print normalized scores",
+                       description="The protocol on one backbone: pick tasks, evaluate the pretrained model, each "
+                                   "task's LoRA on its own task and every merge on every task; print the table of "
+                                   "normalized scores (100 · merged / LoRA) and write a run record under --out. "
+                                   "Results are cached, so a rerun evaluates only what is new.")
     add_run_options(p)
-    p.add_argument("--methods", help="'all' or comma-separated method names (default: the reference set)")
+    p.add_argument("--methods", help="'all' or comma-separated method names (default: "
+                                     f"{', '.join(DEFAULT_METHODS)})")
     p.add_argument("--track", choices=("default", "tuned"), default="default",
                    help="default: every method at its defaults; tuned: each method's grid searched on the "
                         "tasks' validation variants first (at most 8 merge-evaluations), then tested at its choice")
