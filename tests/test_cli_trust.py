@@ -199,3 +199,13 @@ def test_run_takes_the_merge_form_of_param_for_one_method():
     assert parse_method_params(["k=20", "ties.trim=local"], ["ties"]) == {"ties": {"k": "20", "trim": "local"}}
     with pytest.raises(ValueError, match="key=value alone only when --methods names one method"):
         parse_method_params(["k=20"], ["ties", "star"])
+
+
+def test_a_full_checkpoint_merge_shows_one_progress_bar(micro_llama, micro_loras, tmp_path, capsys):
+    out = tmp_path / "full"
+    assert main(["merge", "--method", "ties", "--adapters", *map(str, micro_loras[:2]), "--base", str(micro_llama),
+                 "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    bars = {part.split(":")[0].strip() for part in err.replace("\r", "\n").splitlines() if "%|" in part}
+    assert bars == {"merge ties + write"}, bars
+    assert (out / "model.safetensors.index.json").is_file()

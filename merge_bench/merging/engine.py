@@ -83,6 +83,9 @@ class MergeResult:
     output: Any = None  # the writers.WriteReport once written
     _deltas: dict[str, Delta] | None = field(default=None, repr=False)
     _pending: Iterator[tuple[str, Delta]] | None = field(default=None, repr=False)
+    # The merge's own progress bar, read when a streamed merge starts: a writer that shows one bar for the
+    # whole output (the full checkpoint's) turns it off first.
+    bar: "MergeBar" = field(default_factory=lambda: MergeBar(False), repr=False)
 
     @property
     def keys(self) -> list[str]:
@@ -148,6 +151,11 @@ class AppliedMerge:
 
     def __exit__(self, *exc) -> None:
         self.restore()
+
+
+@dataclass
+class MergeBar:
+    on: bool
 
 
 def find_parameter(model: torch.nn.Module, name: str) -> torch.nn.Parameter:
@@ -276,13 +284,14 @@ def merge(method: MethodSpec, adapters: Sequence[Union[str, Path]], *, params: M
                                                    device=str(numerics.device)))
     elif calibration is not None:
         raise ValueError(f"method {instance.name!r} takes no calibration data")
+    bar = MergeBar(progress)
     result = MergeResult(
         method=instance.name if isinstance(method, (MergeMethod, type)) or ":" not in str(method) else str(method),
         config=dict(instance.config), inputs=records, base=None if base_model is None else base_model.spec,
         is_lowrank=is_lowrank, versions=versions(), shapes={k: the_plan.shapes[k] for k in the_plan.keys},
         numerics=numerics, targets=targets, fan_in_fan_out=the_plan.fan_in_fan_out,
         lora_meta=_lora_meta(the_plan), base_model=base_model,
-        _pending=_run(instance, the_plan, numerics.device, is_lowrank, progress, threads),
+        _pending=_run(instance, the_plan, numerics.device, is_lowrank, bar, threads), bar=bar,
     )
     if not stream:
         result.deltas  # noqa: B018 (runs the merge now)
@@ -310,7 +319,7 @@ def module_stream(the_plan: Plan, device: torch.device):
 
 
 def _run(method: MergeMethod, the_plan: Plan, device: torch.device, expect_lowrank: bool,
-         progress: bool, threads: int | None) -> Iterator[tuple[str, Delta]]:
+         progress: MergeBar, threads: int | None) -> Iterator[tuple[str, Delta]]:
     # Factor-space merges of LoRA inputs are many small QR/SVD-sized problems on which torch's
     # intra-op threads barely help; merging `threads` matrices at once (at most MAX_WORKERS, which
     # then share the threads) is faster (measured on 2 cores, 32 Mistral-shape layers × 12 LoRAs:
@@ -323,14 +332,14 @@ def _run(method: MergeMethod, the_plan: Plan, device: torch.device, expect_lowra
 
 
 def _merge_all(method: MergeMethod, the_plan: Plan, device: torch.device, expect_lowrank: bool,
-               progress: bool, workers: int) -> Iterator[tuple[str, Delta]]:
+               progress: MergeBar, workers: int) -> Iterator[tuple[str, Delta]]:
     stream = module_stream(the_plan, device)
     method.prepare(stream)
 
     def one(key: str, deltas: list[Delta]) -> Delta:
         return _checked(method.merge(deltas, key), key, the_plan.shapes[key], method.name, expect_lowrank)
 
-    bar = tqdm(total=len(the_plan.keys), disable=not progress, unit="matrix", desc=f"merge {method.name}")
+    bar = tqdm(total=len(the_plan.keys), disable=not progress.on, unit="matrix", desc=f"merge {method.name}")
     try:
         if workers == 1:
             for key, deltas in stream():

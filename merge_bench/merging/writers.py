@@ -263,8 +263,9 @@ def _write_full(result: MergeResult, tmp: Path, report: WriteReport, progress: b
         size += nbytes
     names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
 
+    result.bar.on = False  # one bar for the checkpoint: merged matrices and copied base tensors alike
     merged_items = result.items()
-    rest = None
+    bar = tqdm(total=len(order), disable=not progress, unit="tensor", desc=f"merge {result.method} + write")
     try:
         for shard, name in zip(shards, names):
             with SafetensorsStreamWriter(tmp / name, shard) as writer:
@@ -275,17 +276,13 @@ def _write_full(result: MergeResult, tmp: Path, report: WriteReport, progress: b
                         w = merged_weight(base, key, delta)
                         del delta
                     else:
-                        if rest is None:  # after the merge's own progress bar has finished
-                            rest = tqdm(total=len(order) - len(result.keys), disable=not progress,
-                                        unit="tensor", desc="copy base")
                         w = base.get(key)
-                        rest.update()
                     writer.write(key, w.to(dtype))
+                    bar.update()
                     del w
             report.files[name] = writer.sha256
     finally:
-        if rest is not None:
-            rest.close()
+        bar.close()
     index = {"metadata": {"total_size": sum(tensor_nbytes(d, s) for _, d, s in entries)},
              "weight_map": {key: name for shard, name in zip(shards, names) for key, _, _ in shard}}
     (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
