@@ -48,9 +48,9 @@ def balanced(d: Delta, shape: tuple[int, int]) -> LowRank:
     k = nonzero_count(S, shape)
     U, Vh = U[:, :k], Vh[:k]
     # Signs fixed (the largest |entry| of each column of U positive): RobustMerge's cross terms see them.
-    sign = torch.sign(U.gather(0, U.abs().argmax(dim=0, keepdim=True)))[0]
-    root = torch.where(sign < 0, -1.0, 1.0).to(S.dtype) * S[:k].sqrt()
-    return LowRank((U * root).to(COMPUTE_DTYPE), (root.abs()[:, None] * Vh * root.sign()[:, None]).to(COMPUTE_DTYPE))
+    sign = torch.where(U.gather(0, U.abs().argmax(dim=0, keepdim=True))[0] < 0, -1.0, 1.0).to(S.dtype)
+    root = sign * S[:k].sqrt()  # on both sides: sign² = 1
+    return LowRank((U * root).to(COMPUTE_DTYPE), (root[:, None] * Vh).to(COMPUTE_DTYPE))
 
 
 @dataclass
