@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 
-COMMANDS = ("merge", "methods", "tasks", "data", "run", "leaderboard", "submit", "check")
+COMMANDS = ("merge", "methods", "tasks", "data", "run", "leaderboard", "submit", "check", "compare", "samples")
 
 
 def build_parser() -> argparse.ArgumentParser:

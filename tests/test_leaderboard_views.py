@@ -30,13 +30,17 @@ METHODS = ["simple_avg", "ties", "task_arithmetic"]
 
 
 @pytest.fixture(scope="module")
-def board(micro_backbone, tmp_path_factory):
+def record(micro_backbone, tmp_path_factory):
     base = tmp_path_factory.mktemp("views")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MERGE_BENCH_CACHE", str(base / "cache"))
         cfg = RunConfig(backbone="micro", sizes=[2, 3], draws=2, methods=METHODS, out=base / "runs")
-        record = run_sweep(cfg, backbone=micro_backbone, progress=False)
-    root = base / "leaderboard"
+        return run_sweep(cfg, backbone=micro_backbone, progress=False)
+
+
+@pytest.fixture(scope="module")
+def board(record, tmp_path_factory):
+    root = tmp_path_factory.mktemp("board") / "leaderboard"
     for new in entries_from_sweep(record):
         write_new(root, new)
     build_leaderboard(root)
@@ -203,3 +207,54 @@ def test_page_sorts_every_table_by_a_column(board, tmp_path, column, direction):
         else:
             keys = [float(c.split()[0]) for c in cells if c and c != "n/a"]
         assert keys == sorted(keys, reverse=direction == "descending")
+
+
+# ---- compare: paired A − B without rerunning ----
+
+def test_compare_two_entries_gives_the_paired_difference_per_draw_and_task(board, capsys):
+    from merge_bench.bench.compare import compare
+    from merge_bench.commands.compare import load_side
+
+    folder = next((board / "v2" / "micro" / "default").glob("n2-*"))
+    a, b = load_side(folder / "ties.json"), load_side(folder / "simple_avg.json")
+    result = compare(a, b, B=400, seed=5)
+    ref, methods = _items(board, 2)
+    rows = [d for d in result.differences if d.row == "ties vs simple_avg"]
+    assert len(rows) == 4                                                   # 2 draws × 2 tasks
+    rng = np.random.default_rng(5)                                          # one index matrix per task, sorted
+    index = {t: rng.integers(0, len(ref["pretrained"][t]), size=(400, len(ref["pretrained"][t])))
+             for t in sorted({d.task for d in result.differences})}
+    for d in rows:
+        i = int(d.draw.split("-d")[1])
+        x = np.asarray(methods["ties"]["draws"][i]["tasks"][d.task], dtype=float)
+        y = np.asarray(methods["simple_avg"]["draws"][i]["tasks"][d.task], dtype=float)
+        assert d.delta == pytest.approx(100 * (x.mean() - y.mean()))       # hand-computed
+        reps = 100 * (x[index[d.task]].mean(axis=1) - y[index[d.task]].mean(axis=1))
+        assert d.ci95 == pytest.approx(tuple(np.percentile(reps, [2.5, 97.5])))
+    refs = [d for d in result.differences if d.row in ("pretrained", "lora")]
+    assert refs and all(d.delta == 0 and d.ci95 == (0, 0) for d in refs)   # one folder: the same reference rows
+    summary = next(r for r in result.rows if r.row == "ties vs simple_avg")
+    assert summary.cells == 4 and summary.mean_delta == pytest.approx(np.mean([d.delta for d in rows]))
+    assert main(["compare", str(folder / "ties.json"), str(folder / "simple_avg.json"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {d["row"] for d in out["differences"]} == {"ties vs simple_avg", "pretrained", "lora"}
+
+
+def test_compare_a_record_with_its_entry_finds_no_difference(record, board, tmp_path):
+    from merge_bench.bench.compare import compare, from_record
+    from merge_bench.commands.compare import load_side
+
+    path = tmp_path / "record.json"
+    path.write_text(json.dumps(record))
+    folder = next((board / "v2" / "micro" / "default").glob("n3-*"))
+    result = compare(load_side(path), load_side(folder / "ties.json"), B=200)
+    assert {d.row for d in result.differences} == {"ties", "pretrained", "lora"}
+    assert all(d.delta == 0 for d in result.differences)
+    other = json.loads(json.dumps(record))
+    block = other["sets"]["2"]["draws"][0]["record"]
+    task = next(iter(block["tasks"]))
+    for d in (x["record"] for b in other["sets"].values() for x in b["draws"]):
+        if task in d["tasks"]:
+            d["tasks"][task]["sample_ids_sha256"] = "0" * 64
+    with pytest.raises(ValueError, match="scored other items"):
+        compare(from_record(other, "other"), load_side(path), B=10)

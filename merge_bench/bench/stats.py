@@ -182,6 +182,14 @@ def _task_scores(task: _Task, idx: np.ndarray) -> np.ndarray:
     return 100.0 * np.stack(cols, axis=1)
 
 
+def task_scores(name: str, kind: str, rows: Sequence[Sequence], idx: np.ndarray) -> np.ndarray:
+    """(B, len(rows)) scores ×100 of each row of one task on the items ``idx`` picks ((B, n) indices)."""
+    if len(rows) < 2:
+        raise ValueError(f"task {name!r}: task_scores needs at least two rows")
+    items = TaskItems(kind, rows[1], rows[0], {str(i): r for i, r in enumerate(rows[2:])})
+    return _task_scores(_task(name, items, [str(i) for i in range(len(rows) - 2)]), idx)
+
+
 def _ratios(scores: np.ndarray) -> np.ndarray:
     """100·row/lora for the non-LoRA columns; NaN in replicates whose LoRA score is ≤ 0."""
     lora = scores[:, :1]
@@ -265,6 +273,11 @@ def holm(p: Sequence[float]) -> list[float]:
     order, out = np.argsort(p, kind="stable"), np.empty(len(p))
     out[order] = np.minimum(1.0, np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order]))
     return out.tolist()
+
+
+def rounded(x, nd: int = 4):
+    """JSON-ready: floats rounded to nd decimals, NaN as None, tuples as lists, numpy scalars unwrapped."""
+    return _r(x, nd)
 
 
 def _r(x, nd: int = 4):
