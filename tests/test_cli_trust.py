@@ -156,8 +156,12 @@ def test_an_unreachable_hub_is_one_line_naming_the_dataset(monkeypatch, capsys):
 
     monkeypatch.setattr(datasets, "load_dataset", unreachable)
     assert main(["run", "--backbone", "llama", "--tasks", "cola", "--methods", "simple_avg", "--dry-run"]) == 2
-    line = one_error_line(capsys)
-    assert "dataset nyu-mll/glue (config cola, split" in line and "MERGE_BENCH_DATA_DIR" in line
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "Traceback" not in err and "input(s) a run needs are missing" in err
+    missing = [line for line in out.splitlines() if line.startswith("missing: task cola: ")]
+    assert len(missing) == 1 and "dataset nyu-mll/glue (config cola, split" in missing[0]
+    assert "could not be loaded from the hub (ConnectionError: Couldn't reach" in missing[0]
+    assert "MERGE_BENCH_DATA_DIR" in missing[0]
 
 
 def test_any_other_library_error_is_one_line_without_verbose(monkeypatch, capsys):
@@ -209,3 +213,16 @@ def test_a_full_checkpoint_merge_shows_one_progress_bar(micro_llama, micro_loras
     bars = {part.split(":")[0].strip() for part in err.replace("\r", "\n").splitlines() if "%|" in part}
     assert bars == {"merge ties + write"}, bars
     assert (out / "model.safetensors.index.json").is_file()
+
+
+def test_tune_and_run_share_prepared_without_importing_each_other():
+    import ast
+    from pathlib import Path
+
+    import merge_bench.bench.tune as tune
+
+    imported = set()
+    for node in ast.walk(ast.parse(Path(tune.__file__).read_text())):  # type-only imports included
+        if isinstance(node, ast.ImportFrom):
+            imported.add("." * node.level + (node.module or ""))
+    assert ".run" not in imported and ".prepared" in imported

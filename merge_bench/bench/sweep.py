@@ -32,7 +32,8 @@ from .outputs import check_out_dir, save_record
 from .plan import MethodRun, RunConfig, last_throughput
 from .provenance import git_commit, hardware
 from .report import NA, stats_draw
-from .run import Prepared, _evaluate, _record, plan_costs, refuse_missing, warn_unlocked
+from .prepared import Prepared
+from .run import _evaluate, _record, plan_costs, refuse_missing, warn_unlocked
 from .tune import tune
 
 RECORD_VERSION = 2

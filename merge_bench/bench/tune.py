@@ -17,10 +17,9 @@ is an error before any merge.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Generator
+from typing import Any, Callable, Generator
 
-if TYPE_CHECKING:
-    from .run import Prepared
+from .prepared import Prepared
 
 BUDGET = 8    # merge-evaluations per (method, task draw), the default's included
 PATIENCE = 2  # consecutive non-improvements that end a coordinate
@@ -106,7 +105,7 @@ def _budget_upper(grid: list[tuple[str, tuple]], budget: int) -> int:
     return min(budget, 1 + sum(len(values) - 1 for _, values in grid))
 
 
-def search_plan(preps: list["Prepared"]) -> dict[str, int]:
+def search_plan(preps: list[Prepared]) -> dict[str, int]:
     """What ``tune(preps, ...)`` evaluates at most, for a dry run: each task's LoRA on its validation variant
     once, and per (method, task set) at most min(BUDGET, the grid's size) merge-evaluations on the set's
     validation variants (a bound: a search stops early, and what is cached is not evaluated again)."""
@@ -130,7 +129,7 @@ def search_plan(preps: list["Prepared"]) -> dict[str, int]:
 class _Running:
     """One (method, draw) search in a run, and the merge-evaluation it waits for."""
 
-    prep: "Prepared"
+    prep: Prepared
     method: Any  # plan.MethodRun
     steps: Generator[dict[str, Any], float, Search]
     config: dict[str, Any]
@@ -144,7 +143,7 @@ class _Running:
         return self.prep.make_jobs([replace(self.method, config=self.config)])[-1]
 
 
-def tune(preps: list["Prepared"], executor, progress: bool = True) -> None:
+def tune(preps: list[Prepared], executor, progress: bool = True) -> None:
     """Search every method of every prepared run (one per task draw) on the validation variants of its
     tasks; each run's methods become the chosen configs (keys unchanged) and ``prep.tuning`` holds the
     searches. The searches advance side by side: each round sends every running search's next
@@ -169,7 +168,7 @@ def tune(preps: list["Prepared"], executor, progress: bool = True) -> None:
     total = sum(len(p.tasks) * (1 + sum(_budget_upper(g, BUDGET) for g in gs)) for p, gs in zip(preps, grids))
     bar = tqdm(total=total, desc="tuning", unit="task", disable=not progress)
 
-    def evaluate(pairs: list[tuple["Prepared", Any]]) -> list[float]:
+    def evaluate(pairs: list[tuple[Prepared, Any]]) -> list[float]:
         """Each (prep, job) on the validation variants of the prep's tasks, what is not cached evaluated in one
         executor call; returns each pair's seconds."""
         works, owner, seen = [], [], set()
