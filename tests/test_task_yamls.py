@@ -77,8 +77,8 @@ def test_one_group_per_suite_holding_the_tasks_with_adapters(manager, tasks):
 
 
 def _fixture_or_embedded(t) -> Path:
-    if t.dataset.startswith("merge-bench/"):
-        return mirror_file(tasks_dir() / "tiny" / "data", t.dataset, t.config, t.split)
+    if t.dataset.startswith("merge-bench/") or t.embedded:
+        return mirror_file(tasks_dir() / (t.embedded or "tiny") / "data", t.dataset, t.config, t.split)
     return mirror_file(FIXTURES, t.dataset, t.config, t.split)
 
 
@@ -138,8 +138,10 @@ def test_prompts_are_the_reference_input_formats(loaded):
     assert loaded["flan_hella"].doc_to_text(d).endswith(
         "0: is using wrap to wrap a pair of skis.\n1: is ripping level tiles off.\n2: is holding a rubik's cube.\n"
         "3: starts pulling up roofing on a roof.\nPlease return 0, 1, 2, or 3 as the correct answer.")
-    d = _doc(loaded, "llama_cb", idx=2)
-    assert loaded["llama_cb"].doc_to_text(d).startswith("Given the following premise:\n'B: And yet")
+    d = _doc(loaded, "llama_cb", label=2)  # a real neutral row
+    assert loaded["llama_cb"].doc_to_text(d) == (
+        f"Given the following premise:\n'{d['premise']}'\n\nDoes the hypothesis:\n'{d['hypothesis']}'\n\n"
+        "appear to be true based on the premise?\nAnswer with 'yes', 'no', or 'maybe' without explanation.")
     assert d["mb_golds"] == ["maybe"]
     d = next(iter(loaded["mistral_ethos"].eval_docs))
     assert loaded["mistral_ethos"].doc_to_text(d) == d["input"]
