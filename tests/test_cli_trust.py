@@ -226,3 +226,10 @@ def test_tune_and_run_share_prepared_without_importing_each_other():
         if isinstance(node, ast.ImportFrom):
             imported.add("." * node.level + (node.module or ""))
     assert ".run" not in imported and ".prepared" in imported
+
+
+def test_the_methods_table_fits_100_columns(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert max(map(len, out.splitlines())) <= 100
+    assert "ties" in out and "task_arithmetic" in out.replace("\n", "")
