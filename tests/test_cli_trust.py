@@ -233,3 +233,13 @@ def test_the_methods_table_fits_100_columns(capsys):
     out = capsys.readouterr().out
     assert max(map(len, out.splitlines())) <= 100
     assert "ties" in out and "task_arithmetic" in out.replace("\n", "")
+
+
+def test_check_help_states_its_default_tolerance(capsys):
+    from merge_bench.leaderboard.check import DEFAULT_TOLERANCE
+
+    with pytest.raises(SystemExit):
+        main(["check", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {DEFAULT_TOLERANCE:g}, one item of a 200-item task)" in text
+    assert "DEFAULT_TOLERANCE" not in text
