@@ -6,10 +6,11 @@ recomputes nothing already done, and a killed run resumes where it stopped. File
 """
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
-from ..io.files import content_hash, write_json_atomic
+from ..io.files import atomic_write_bytes, content_hash, write_json_atomic
 
 
 class ResultCache:
@@ -28,3 +29,15 @@ class ResultCache:
 
     def put(self, key: dict, value: dict) -> None:
         write_json_atomic(self._path(key), {"key": key, "value": value})
+
+    # What the model wrote, item by item, beside the result: gzipped JSON lines (kept out of the small JSON
+    # file, which every run reads back).
+    def put_samples(self, key: dict, samples: list[dict]) -> None:
+        text = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
+        atomic_write_bytes(self._path(key).with_suffix(".samples.jsonl.gz"), gzip.compress(text.encode(), mtime=0))
+
+    def get_samples(self, key: dict) -> list[dict] | None:
+        path = self._path(key).with_suffix(".samples.jsonl.gz")
+        if not path.is_file():
+            return None
+        return [json.loads(line) for line in gzip.decompress(path.read_bytes()).decode().splitlines()]

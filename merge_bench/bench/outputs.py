@@ -28,15 +28,19 @@ def check_out_dir(out: Path) -> None:
                          "expected a directory the run records can be written to") from None
 
 
-def save_record(path: Path, record: dict[str, Any]) -> Path:
+def save_record(path: Path, record: dict[str, Any], samples: list[dict[str, Any]] | None = None) -> Path:
     """Write ``record`` to ``path``; if that fails, to ``$MERGE_BENCH_CACHE/runs/`` (then the temp folder),
-    with a warning naming both. Returns where it went."""
+    with a warning naming both. Returns where it went. ``samples`` (``bench.samples``) go beside it."""
     path = Path(path)
     fallbacks = [cache_root() / "runs" / path.name, Path(tempfile.gettempdir()) / "merge-bench-runs" / path.name]
     errors = []
     for target in (path, *fallbacks):
         try:
             write_json_atomic(target, record)
+            if samples is not None:
+                from .samples import write
+
+                write(target, samples)
         except OSError as err:
             errors.append(f"{target}: {err.strerror or err}")
             continue

@@ -19,6 +19,7 @@ from .. import __version__
 from ..backbones import Backbone, get_backbone
 from ..io.files import content_hash
 from .executor import Executor
+from . import samples
 from .outputs import check_out_dir, save_record
 from .plan import (DEFAULT_METHODS, PROTOCOL, Job, MethodRun, RunConfig, last_throughput, pick_tasks, record_throughput,
                    resolve_methods, task_sizes)
@@ -130,7 +131,7 @@ def run_benchmark(cfg: RunConfig, *, backbone: Backbone | None = None, progress:
     record = _record(prep, executor.describe())
     path = Path(cfg.out) / f"{bb.name}-{content_hash(prep.tasks)[:8]}-{record['created'].replace(':', '')}.json"
     print(results_table(record, bb.reported_for(prep.tasks)))
-    path = save_record(path, record)
+    path = save_record(path, record, samples.collect([prep], [""]))
     problems = record["normalization"]
     if problems["undefined"] or problems["unstable"]:
         print(f"warning: {problems['note']}", file=sys.stderr)

@@ -28,6 +28,7 @@ from ..backbones import Backbone, get_backbone
 from ..io.files import content_hash
 from . import stats
 from .draws import task_sets
+from . import samples
 from .outputs import check_out_dir, save_record
 from .plan import MethodRun, RunConfig, last_throughput
 from .provenance import git_commit, hardware
@@ -141,7 +142,7 @@ def run_sweep(cfg: RunConfig, *, backbone: Backbone | None = None, progress: boo
     path = Path(cfg.out) / f"{bb.name}-sweep-{content_hash([asdict(s) for s in specs])[:8]}-" \
                            f"{record['created'].replace(':', '')}.json"
     print(sweep_table(record))
-    path = save_record(path, record)
+    path = save_record(path, record, samples.collect(preps, [f"n{s.n}-d{s.index}" for s in specs]))
     print(f"run record: {path}", file=sys.stderr)
     return record
 

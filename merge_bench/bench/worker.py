@@ -152,6 +152,8 @@ class Worker:
 
     def _put(self, work: Work, task: str, score, extra: dict) -> None:
         key = work.keys[work.tasks.index(task)]
+        if score.samples:  # before the result: a cached result always has its samples beside it
+            self.cache.put_samples(key, score.samples)
         self.cache.put(key, {"score": score.score, "metric": score.metric, "n": score.n,
                              "per_item": score.per_item, **extra})
 

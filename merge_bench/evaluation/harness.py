@@ -38,6 +38,10 @@ class TaskScore:
     # One value per scored item, in the order of the sampled ids: 0/1 (acc), token F1 (f1), or the
     # (prediction, gold) pair (spearman). Protocol v2's bootstrap resamples these.
     per_item: list = field(default_factory=list)
+    # What the model wrote, item by item in the same order (lm-eval's --log_samples): the sampled id, lm-eval's
+    # prompt hash (sha256 of the prompt text), the generated text, the text the answer was read from (after
+    # the task's filter) and the item's score.
+    samples: list = field(default_factory=list)
 
 
 def sample_ids_sha256(ids: list[str]) -> str:
@@ -156,8 +160,19 @@ def run_lm_eval(lm, backbone: Backbone, shorts: list[str], manager, limit: int |
         metric, value = _primary_metric(out["results"][name], name)
         samples = sorted(out["samples"][name], key=lambda s: s["doc_id"])
         per_item = [list(s[metric]) if isinstance(s[metric], (tuple, list)) else float(s[metric]) for s in samples]
-        scores[short] = TaskScore(metric, 100.0 * value, int(out["n-samples"][name]["effective"]), per_item)
+        scores[short] = TaskScore(metric, 100.0 * value, int(out["n-samples"][name]["effective"]), per_item,
+                                  [_sample(s, score) for s, score in zip(samples, per_item)])
     return scores
+
+
+def _sample(s: dict, score) -> dict:
+    def first(x):
+        while isinstance(x, (list, tuple)) and x:
+            x = x[0]
+        return x if isinstance(x, str) else str(x)
+
+    return {"id": str((s.get("doc") or {}).get("mb_id", s["doc_id"])), "prompt_sha256": s.get("prompt_hash"),
+            "response": first(s.get("resps")), "filtered": first(s.get("filtered_resps")), "score": score}
 
 
 @contextmanager
