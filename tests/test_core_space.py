@@ -8,7 +8,7 @@ import torch
 
 from merge_bench.merging.delta import LowRank, dense
 from merge_bench.merging.methods import BUILTIN, get_method
-from merge_bench.merging.methods.core import balanced, core_basis
+from merge_bench.merging.methods.core import balanced, core_basis, stack
 from merge_bench.merging.methods.dare import drop_mask
 
 CORE = ("core_task_arithmetic", "core_ties", "core_dare", "core_tsv", "core_iso_c", "core_cart")
@@ -139,9 +139,10 @@ def test_core_variants_are_registered_with_the_inner_grids():
 
 def test_core_basis_reconstructs_every_task_exactly():
     deltas = mats()["a"] + [LowRank.zeros(30, 20)]
-    basis = core_basis(deltas, (30, 20))
-    UB = (basis.B @ basis.WB.float()).double()
-    VA = (basis.WA.T.float() @ basis.A).double()
+    B, A, ranks = stack(deltas, (30, 20))
+    basis = core_basis(B, A, ranks)
+    UB = (B @ basis.WB.float()).double()
+    VA = (basis.WA.T.float() @ A).double()
     assert torch.allclose(UB.T @ UB, torch.eye(UB.shape[1], dtype=torch.float64), atol=1e-5)
     for d, C in zip(deltas, basis.cores):
         assert rel(UB @ C.double() @ VA, dense(d)) < 1e-5 or not dense(d).any()
