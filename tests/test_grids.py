@@ -50,13 +50,16 @@ def test_dare_searches_lambda_when_it_scales_the_merge():
 
 
 def test_methods_lists_the_grids(capsys):
+    from merge_bench.commands.methods import method_rows
+
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
-    assert "tuned-track grid" in out
-    assert "lam: 1.0, 0.6, 0.8, 1.2, 1.5, 2.0; then k: 20.0, 10.0, 30.0" in out
-    assert "eta: 40.0, 20.0, 60.0, 80.0" in out
-    assert "alpha: 0.9, 0.5, 1.2, 1.6, 2.0; then beta: 0.25, 0.0, 0.5, 0.75" in out  # ctm
-    assert "\ncore_ties " in out and "ties+svc" in out and "svc_alpha=0.1" in out
+    assert "grid (search order)" in out and "\nctm " in out and "\ncore_ties " in out
+    assert "ties+svc" in out and "svc_alpha=0.1" in out
+    grids = {row[0]: row[3] for row in method_rows()}  # the table wraps them; the rows hold them whole
+    assert grids["ties"] == "lam: 1.0, 0.6, 0.8, 1.2, 1.5, 2.0; then k: 20.0, 10.0, 30.0"
+    assert grids["star"] == "eta: 40.0, 20.0, 60.0, 80.0"
+    assert grids["ctm"] == "alpha: 0.9, 0.5, 1.2, 1.6, 2.0; then beta: 0.25, 0.0, 0.5, 0.75"
 
 
 PLUGIN = """
