@@ -22,7 +22,10 @@ def calibrate(merged: Delta, deltas: list[Delta], alpha: float, shape: tuple[int
     A LowRank ΔW keeps its rank: its SVD and the projections Uᵀ·τ_t = (Uᵀ·B_t)·A_t are taken in factor
     space. A dense ΔW needs a full SVD (min(n, m) components). Only ΔW's numerically non-zero components
     are kept. T counts the tasks that target the matrix; a task with no response along u_r (u_rᵀ·τ_t = 0,
-    where the reference divides 0 by 0) contributes α, as the reference's max(α, nan) does.
+    where the reference divides 0 by 0) contributes α, as the reference's max(α, nan) does. We follow the
+    documented formula (Eqs. 4 and 8: every response along the merged update's u_r); FusionBench's loop
+    implementation (``utils.subspace_consistency_spectral_calibration``) projects each task onto its own
+    singular vectors instead. α defaults to 0.1, FusionBench's documented default (its function's is 1.0).
     """
     import torch
 
