@@ -29,8 +29,14 @@ def format_params(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={format_value(v)}" for k, v in sorted(params.items())) or "-"
 
 
+def _z(x: float, fmt: str) -> float:
+    """``x`` with a negative zero after rounding made positive: -0.004 prints as 0.00, not -0.00."""
+    digits = int(fmt[1:-1]) if fmt.startswith(".") and fmt.endswith("f") else None
+    return (round(x, digits) + 0.0) if digits is not None else x
+
+
 def iv(ci, fmt: str = ".2f") -> str:
-    return f"[{ci[0]:{fmt}}, {ci[1]:{fmt}}]" if ci else ""
+    return f"[{_z(ci[0], fmt):{fmt}}, {_z(ci[1], fmt):{fmt}}]" if ci else ""
 
 
 @dataclass(frozen=True)
@@ -68,8 +74,9 @@ class TableRow:
 def _num(x: float | None, ci=None, fmt: str = ".2f", sign: bool = False) -> Cell:
     if x is None:
         return Cell("n/a" if ci is None else "")
-    return Cell(f"{x:+{fmt}}" if sign else f"{x:{fmt}}", iv(ci) if not sign or ci is None
-                else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]", float(x))
+    x0 = _z(x, fmt)
+    return Cell(f"{x0:+{fmt}}" if sign else f"{x0:{fmt}}", iv(ci) if not sign or ci is None
+                else f"[{_z(ci[0], fmt):+.2f}, {_z(ci[1], fmt):+.2f}]", float(x))
 
 
 def _params(e) -> str:
