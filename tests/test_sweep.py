@@ -50,6 +50,10 @@ def test_a_sweep_evaluates_each_variant_once_and_equals_plain_runs(micro_backbon
         assert st["n_draws"] == 2 and st["reference"] == "simple_avg"
     assert calls == []                                                # the plain runs read the sweep's cache
     assert sweep_table(record) in out and "tied for first" in out
+    dare = record["sets"]["2"]["stats"]["methods"]["dare"]
+    n2 = sweep_table(record).split("N = 2")[1].split("N = 3")[0]
+    line = next(x for x in n2.splitlines() if x.startswith("dare"))
+    assert "retained gain" in out and f"{dare['retained']:.2f}" in line   # the second score beside normalized
     saved = next((tmp_path / "runs").glob("micro-sweep-*.json"))
     assert json.loads(saved.read_text()) == json.loads(json.dumps(record))
 

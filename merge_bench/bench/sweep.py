@@ -189,6 +189,13 @@ def _interval(ci, fmt: str = ".2f") -> str:
     return f"[{ci[0]:{fmt}}, {ci[1]:{fmt}}]" if ci else ""
 
 
+def _retained(row: dict) -> list:
+    """The retained gain and its CI (n/a where a draw keeps no task; blank for a record made before it)."""
+    if "retained" not in row:
+        return ["", ""]
+    return [NA, ""] if row["retained"] is None else [row["retained"], _interval(row["retained_ci95"])]
+
+
 def sweep_table(record: dict) -> str:
     """One table per size: the mean over draws with its CI and between-draw SD, Δ to simple_avg with its CI
     and P(Δ > 0), the rank and its interval; ``=`` marks the methods tied with the leader."""
@@ -200,14 +207,14 @@ def sweep_table(record: dict) -> str:
         if st is None:
             parts.append(f"{head}\nAvg. Normalized {NA}: {block['normalization']['note']}")
             continue
-        headers = ["model", "Avg. Normalized", "95 % CI", "draw SD", "Δ vs simple_avg", "Δ 95 % CI", "P(Δ>0)",
-                   "rank", "rank 95 %", "tied 1st"]
+        headers = ["model", "Avg. Normalized", "95 % CI", "draw SD", "retained gain", "95 % CI", "Δ vs simple_avg",
+                   "Δ 95 % CI", "P(Δ>0)", "rank", "rank 95 %", "tied 1st"]
         pre = st["pretrained"]
         rows = [["pretrained", pre["normalized"], _interval(pre["normalized_ci95"]), pre["draw_sd"] or "",
-                 "", "", "", "", "", ""]]
+                 *_retained(pre), "", "", "", "", "", ""]]
         for name, m in sorted(st["methods"].items(), key=lambda kv: -kv[1]["normalized"]):
             delta = "" if m["delta"] is None else m["delta"]
-            rows.append([name, m["normalized"], _interval(m["normalized_ci95"]), m["draw_sd"] or "", delta,
+            rows.append([name, m["normalized"], _interval(m["normalized_ci95"]), m["draw_sd"] or "", *_retained(m), delta,
                          _interval(m["delta_ci95"]), "" if m["p_delta_gt0"] is None else m["p_delta_gt0"],
                          m["rank"], _interval(m["rank_ci95"], "d"), "=" if m["tied_with_leader"] else ""])
         text = tabulate(rows, headers=headers, floatfmt=".2f")
@@ -215,5 +222,7 @@ def sweep_table(record: dict) -> str:
                 f"{', '.join(st['tie_group'])}"
         if block["normalization"]["note"]:
             text += f"\n* {block['normalization']['note']}"
+        if st.get("retained_excluded"):
+            text += f"\nleft out of the retained gain (the LoRA does not beat pretrained): {', '.join(st['retained_excluded'])}"
         parts.append(f"{head}\n{text}")
     return "\n\n".join(parts)
