@@ -24,9 +24,9 @@ def test_a_version_other_than_the_lock_is_named():
 
 
 def test_a_run_on_another_stack_warns(micro_backbone, cache, tmp_path, monkeypatch, capsys):
-    from merge_bench.bench import run as run_mod
+    from merge_bench.bench import prepared
 
-    monkeypatch.setattr(run_mod, "versions", lambda: {**versions(), "transformers": "4.99.0"})
+    monkeypatch.setattr(prepared, "versions", lambda: {**versions(), "transformers": "4.99.0"})
     run_benchmark(RunConfig(backbone="micro", tasks=["color"], methods=["simple_avg"], out=tmp_path / "runs"),
                   backbone=micro_backbone, progress=False)
     err = capsys.readouterr().err
