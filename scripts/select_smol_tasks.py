@@ -10,7 +10,7 @@ in its first tokens) clears the first bar while sitting at chance, and such a ta
 merging. The same three numbers on the test items are recorded beside them (the suite's target is that
 every kept task clears both bars on test too).
 
-``--table`` prints the README's table of it. Writes ``SELECTION.json`` beside the adapters (every task tried, kept or not, with its numbers);
+``--readme`` rewrites the README's table of it. Writes ``SELECTION.json`` beside the adapters (every task tried, kept or not, with its numbers);
 ``--prune`` then removes the dropped tasks' adapter folders and rewrites ``SHA256SUMS``, so the backbone
 registry (``merge_bench.backbones``: every folder with an adapter) serves exactly the pool.
 """
@@ -86,15 +86,28 @@ def selection_table(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+README_BLOCK = ("<!-- smol-selection -->\n", "<!-- /smol-selection -->\n")
+
+
+def readme_with_table(readme: str, record: dict) -> str:
+    """The README's text with its selection block rewritten from ``record``."""
+    start, end = README_BLOCK
+    head, rest = readme.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}{selection_table(record)}{end}{tail}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--adapters", type=Path, default=ROOT / "adapters" / "smol")
     ap.add_argument("--tasks", default=None, help="default: every task with a trained adapter")
     ap.add_argument("--prune", action="store_true", help="remove the dropped tasks' adapters, rewrite SHA256SUMS")
-    ap.add_argument("--table", action="store_true", help="print the README's table from SELECTION.json and exit")
+    ap.add_argument("--readme", action="store_true", help="rewrite the README's table from SELECTION.json and exit")
     args = ap.parse_args(argv)
-    if args.table:
-        print(selection_table(json.loads((args.adapters / "SELECTION.json").read_text())), end="")
+    if args.readme:
+        readme = ROOT / "README.md"
+        record = json.loads((args.adapters / "SELECTION.json").read_text())
+        atomic_write_text(readme, readme_with_table(readme.read_text(encoding="utf-8"), record))
         return 0
     trained = [s for s in suite_tasks("smol") if (args.adapters / s / "adapter_config.json").is_file()]
     shorts = [s for s in (args.tasks.split(",") if args.tasks else trained) if s]

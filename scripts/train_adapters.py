@@ -274,6 +274,21 @@ def _versions() -> dict[str, str]:
     return {n: metadata.version(n) for n in names} | {"python": platform.python_version()}
 
 
+def write_record(out: Path, suite: str, trained: dict[str, dict], base: str) -> dict:
+    """Add ``trained`` to ``out``'s TRAINING.json and rewrite SHA256SUMS. The other tasks' records are kept when
+    they came from the same recipe; the file is read at write time, so processes training disjoint subsets
+    side by side all land in it."""
+    path = out / "TRAINING.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    done = {t["task"]: t for t in previous.get("tasks", [])} if previous.get("recipe") == _recipe_json() else {}
+    done |= trained
+    atomic_write_text(out / "SHA256SUMS", sha256sums(out))
+    record = {"recipe": _recipe_json(), "tasks": [done[t] for t in suite_tasks(suite) if t in done],
+              "versions": _versions(), "base": base, "machine": platform.machine()}
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
     from merge_bench.backbones.tiny import ensure_tiny_base
 
@@ -285,25 +300,15 @@ def main(argv: list[str] | None = None) -> int:
     suite = suite_tasks(args.suite)
     shorts = [s for s in (args.tasks or ",".join(suite)).split(",") if s]
     unknown = sorted(set(shorts) - set(suite))
-    if unknown:
-        raise SystemExit(f"unknown task(s) {unknown}; valid: {', '.join(suite)}")
+    if unknown or not shorts:
+        raise SystemExit(f"unknown task(s) {unknown or args.tasks!r}; valid: {', '.join(suite)}")
     out = args.out or ROOT / "adapters" / args.suite
     base_dir = ensure_tiny_base()
     out.mkdir(parents=True, exist_ok=True)
-    trained = {}
     for short in shorts:
-        trained[short] = train_one(base_dir, short, out / short, suite=args.suite)
-        print(json.dumps(trained[short]), flush=True)
-    # Training a subset keeps the other tasks' records, provided they came from the same recipe. Read after
-    # training, so that processes training disjoint subsets in parallel all land in the record.
-    path = out / "TRAINING.json"
-    previous = json.loads(path.read_text()) if path.is_file() else {}
-    done = {t["task"]: t for t in previous.get("tasks", [])} if previous.get("recipe") == _recipe_json() else {}
-    done |= trained
-    atomic_write_text(out / "SHA256SUMS", sha256sums(out))
-    record = {"recipe": _recipe_json(), "tasks": [done[t] for t in suite if t in done],
-              "versions": _versions(), "base": base_dir.name, "machine": platform.machine()}
-    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+        trained = train_one(base_dir, short, out / short, suite=args.suite)
+        print(json.dumps(trained), flush=True)
+        record = write_record(out, args.suite, {short: trained}, base_dir.name)  # after each task: a cut run keeps it
     print(json.dumps(record, indent=2))
     return 0
 

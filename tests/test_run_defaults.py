@@ -90,11 +90,12 @@ def test_a_finished_run_with_an_undefined_ratio_prints_its_table_and_record(micr
     saved = json.loads(next((tmp_path / "runs").glob("*.json")).read_text())
     assert saved["normalization"]["undefined"] == ["color"]
 
-    from merge_bench.leaderboard import submit
+    from merge_bench.bench.sweep import run_sweep
+    from merge_bench.leaderboard.submit import submit_sweep
 
     with pytest.raises(ValueError, match="not a valid leaderboard entry: the LoRA scores ≤ 0 on color"):
-        submit("simple_avg", "micro", root=tmp_path / "board", tasks=["color", "answer"],
-               runner=lambda c: run_benchmark(c, backbone=swapped, progress=False))
+        submit_sweep("simple_avg", "micro", root=tmp_path / "board", sizes=[len(swapped.pickable_tasks)],
+                     out=tmp_path / "runs", runner=lambda c: run_sweep(c, backbone=swapped, progress=False))
     assert not (tmp_path / "board").exists()
 
 

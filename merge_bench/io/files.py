@@ -155,13 +155,29 @@ def content_hash(obj: Any) -> str:
 LOCAL_FILES = frozenset({"merge_bench_manifest.json"})
 
 
+# Keys that name the library version which wrote a config file, not the model: transformers stamps
+# ``transformers_version`` into config.json and generation_config.json when it saves, so the same weights and
+# tokenizer converted under 5.24 and 5.25 would otherwise be two "bases" whose results never share a cache
+# entry or a leaderboard folder.
+WRITER_KEYS = frozenset({"transformers_version"})
+
+
+def _model_file_sha256(path: Path) -> str:
+    if path.name in ("config.json", "generation_config.json"):
+        config = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(config, dict) and WRITER_KEYS & set(config):
+            return content_hash({k: v for k, v in config.items() if k not in WRITER_KEYS})
+    return sha256_file(path)
+
+
 def dir_sha256(path: Path, patterns: tuple[str, ...] = ("*.safetensors", "*.bin", "*.json")) -> str:
-    """A stable hash over a model or adapter directory's weight and config files (content only)."""
+    """A stable hash over a model or adapter directory's weight and config files (content only; a config's
+    ``WRITER_KEYS`` left out)."""
     path = Path(path)
     files = sorted({p for pat in patterns for p in path.glob(pat) if p.is_file() and p.name not in LOCAL_FILES})
     if not files:
         raise FileNotFoundError(f"{path} holds no model files (looked for {', '.join(patterns)})")
-    return content_hash({p.name: sha256_file(p) for p in files})
+    return content_hash({p.name: _model_file_sha256(p) for p in files})
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
