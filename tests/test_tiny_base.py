@@ -321,3 +321,19 @@ def test_real_conversion(tmp_path):
     assert not prompt.startswith("<|im_start|>system")
     out = model.generate(ids, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(out[0, ids.shape[1]:])
+
+
+def test_a_model_directory_hash_ignores_the_transformers_version_stamp(tmp_path):
+    def model(name: str, **config) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"weights")
+        (d / "config.json").write_text(json.dumps({"hidden_size": 576, **config}))
+        return d
+
+    a = model("a", transformers_version="5.24.0")
+    b = model("b", transformers_version="5.25.0")
+    assert dir_sha256(a) == dir_sha256(b)  # the same model, saved by two library versions
+    assert dir_sha256(model("c", transformers_version="5.25.0", num_hidden_layers=2)) != dir_sha256(b)
+    (b / "model.safetensors").write_bytes(b"other weights")
+    assert dir_sha256(a) != dir_sha256(b)
