@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
 if TYPE_CHECKING:
     from ..delta import Delta
+    from .factor import Factors
 
 # Calling it yields (key, per-task deltas) for every targeted matrix, in a fixed order; it can be
 # called again for a second pass. (Delta is a forward reference: this module imports no torch.)
@@ -146,3 +147,20 @@ class MergeMethod:
 
     def merge(self, deltas: list[Delta], key: str) -> Delta:
         raise NotImplementedError
+
+
+class FactorMethod(MergeMethod):
+    """A method whose rule is ``factors``, on the tasks' joint factors: ``factor.merge_factors`` runs it in core
+    space for LoRA inputs (a LowRank out) and on the dense matrices otherwise, the same maths."""
+
+    lowrank = True
+
+    def merge(self, deltas: list[Delta], key: str) -> Delta:
+        from .factor import merge_factors, shape_of
+
+        shape = shape_of(deltas, key)
+        return merge_factors(deltas, shape, lambda ds: self.factors(ds, shape))
+
+    def factors(self, deltas: list[Delta], shape: tuple[int, int]) -> Factors | None:
+        raise NotImplementedError
+

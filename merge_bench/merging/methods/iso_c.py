@@ -4,14 +4,14 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from .base import ALPHA_GRID, MergeMethod, Param
+from .base import ALPHA_GRID, FactorMethod, Param
 
 if TYPE_CHECKING:
     from ..delta import Delta
     from .factor import Factors
 
 
-class IsoC(MergeMethod):
+class IsoC(FactorMethod):
     """Δ* = α·σ̄·U_K·V_Kᵀ where Δ_TA = Σ_t τ_t = U·diag(σ)·Vᵀ has K non-zero singular values.
 
     ``sigma_mean = rank`` (default): σ̄ = Σσ/K, keeping the nuclear norm on the range;
@@ -29,13 +29,6 @@ class IsoC(MergeMethod):
               ("rank", "full")),
         Param("alpha", 1.0, "scaling α of the merged update", grid=ALPHA_GRID),
     )
-    lowrank = True
-
-    def merge(self, deltas: list[Delta], key: str) -> Delta:
-        from .factor import merge_factors, shape_of
-
-        shape = shape_of(deltas, key)
-        return merge_factors(deltas, shape, lambda ds: self.factors(ds, shape))
 
     def factors(self, deltas: list[Delta], shape: tuple[int, int]) -> Factors | None:
         from ..delta import frob_sq, svd, weighted_sum

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import ALPHA_GRID, MergeMethod, Param
+from .base import ALPHA_GRID, FactorMethod, Param
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -70,7 +70,7 @@ def iso_cts_core(cores: list[Delta], fraction: float, shape: tuple[int, int]) ->
     return sigma.mean() * Ou, Ov.T
 
 
-class IsoCTS(MergeMethod):
+class IsoCTS(FactorMethod):
     """Iso-CTS, **core-space variant** (ours): the Iso-CTS recipe run on the task cores.
 
     The reference works in the full n×m space with p = min(n, m). On LoRA inputs it is degenerate:
@@ -94,17 +94,10 @@ class IsoCTS(MergeMethod):
         Param("common_fraction", 0.8, "fraction f of the core size given to the common subspace"),
         Param("alpha", 1.0, "scaling α of the merged update", grid=ALPHA_GRID),
     )
-    lowrank = True
 
     def validate(self) -> None:
         if not 0.0 <= self.common_fraction <= 1.0:
             raise ValueError(f"iso_cts: common_fraction must be in [0, 1], got {self.common_fraction}")
-
-    def merge(self, deltas: list[Delta], key: str) -> Delta:
-        from .factor import merge_factors, shape_of
-
-        shape = shape_of(deltas, key)
-        return merge_factors(deltas, shape, lambda ds: self.factors(ds, shape))
 
     def factors(self, deltas: list[Delta], shape: tuple[int, int]) -> Factors | None:
         from .factor import task_cores

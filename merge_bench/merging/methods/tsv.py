@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import ALPHA_GRID, MergeMethod, Param
+from .base import ALPHA_GRID, FactorMethod, Param
 
 if TYPE_CHECKING:
     from ..delta import Delta
     from .factor import Factors
 
 
-class TSV(MergeMethod):
+class TSV(FactorMethod):
     """Δ* = α·polar(Ũ)·diag(ŝ)·polar(Ṽ)ᵀ over the top-k_t singular triplets of every task.
 
     k_t = min(⌊p/T⌋, rank_t) with p = min(n, m) (the ambient size, as the reference) and rank_t the
@@ -23,13 +23,6 @@ class TSV(MergeMethod):
     name = "tsv"
     description = "Task Singular Vectors: per-task top singular vectors, decorrelated by polar factors."
     params = (Param("alpha", 1.0, "scaling α of the merged update", grid=ALPHA_GRID),)
-    lowrank = True
-
-    def merge(self, deltas: list[Delta], key: str) -> Delta:
-        from .factor import merge_factors, shape_of
-
-        shape = shape_of(deltas, key)
-        return merge_factors(deltas, shape, lambda ds: self.factors(ds, shape))
 
     def factors(self, deltas: list[Delta], shape: tuple[int, int]) -> Factors | None:
         import torch

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import ALPHA_GRID, MergeMethod, Param
+from .base import ALPHA_GRID, FactorMethod, Param
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -43,7 +43,7 @@ def pinv_psd(H: Tensor, shape: tuple[int, int]) -> Tensor:
     return (V / lam[keep]) @ V.T
 
 
-class Wudi(MergeMethod):
+class Wudi(FactorMethod):
     """Δ* = α·X*, X* = argmin_X Σ_t ‖(X − τ_t)·τ_tᵀ‖²_F / ‖τ_t‖²_F, in closed form.
 
     The objective is RegMean's with the Gram G_t = τ_tᵀτ_t/‖τ_t‖²_F: setting its gradient to zero gives
@@ -65,13 +65,6 @@ class Wudi(MergeMethod):
     name = "wudi"
     description = "WUDI: the update closest to every task on its own input subspace (closed form)."
     params = (Param("alpha", 1.0, "scaling α of the merged update", grid=ALPHA_GRID),)
-    lowrank = True
-
-    def merge(self, deltas: list[Delta], key: str) -> Delta:
-        from .factor import merge_factors, shape_of
-
-        shape = shape_of(deltas, key)
-        return merge_factors(deltas, shape, lambda ds: self.factors(ds, shape))
 
     def factors(self, deltas: list[Delta], shape: tuple[int, int]) -> Factors | None:
         from ..numerics import SVD_DTYPE
